@@ -1,0 +1,397 @@
+"""C layouts, declared once, on top of construct.
+
+Rule 1: a C record is written down in exactly one place. Its construct ``Struct``, its size, its alignment,
+the offsets the ABI catalogue prints, the bytes the simulator decodes and the ``offsetof`` checks the
+conformance tier compiles are all derived from that one declaration.
+
+A declaration (``Decl``) lists the C members in order with their types. Padding is never typed by hand:
+``layout()`` inserts what the x86_64 System V ABI inserts (natural alignment, trailing padding to the
+record's alignment). Members that exist only from (or until) some interface version carry ``since=`` /
+``until=``; ``layout(iface)`` materialises the record for one hypervisor interface, so supporting a new Xen
+release means adding a row to the release table and annotating the members that changed.
+
+A union member (``Union``) is laid out as a fixed-size block whose members all start at its offset, as in C;
+the catalogue lists each union member under a dotted path (``u.getdomaininfo``).
+"""
+
+from __future__ import annotations
+
+import functools
+import keyword
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from enum import IntEnum, IntFlag
+from typing import Any, Union as _TUnion
+
+import construct as cs
+
+from ..errors import ProtocolError
+
+__all__ = [
+    "Array",
+    "CType",
+    "Constants",
+    "Decl",
+    "F",
+    "Iface",
+    "Layout",
+    "Member",
+    "Union",
+    "char",
+    "constants_registry",
+    "declarations",
+    "handle",
+    "i8",
+    "i16",
+    "i32",
+    "i64",
+    "u8",
+    "u16",
+    "u32",
+    "u64",
+    "ulong",
+]
+
+
+# --- primitive C types (x86_64, little endian, LP64) ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CType:
+    """A C scalar: its spelling, size (== alignment on x86_64) and construct codec."""
+
+    cname: str
+    size: int
+    con: Any
+
+    @property
+    def align(self) -> int:
+        return self.size
+
+
+u8 = CType("uint8_t", 1, cs.Int8ul)
+u16 = CType("uint16_t", 2, cs.Int16ul)
+u32 = CType("uint32_t", 4, cs.Int32ul)
+u64 = CType("uint64_t", 8, cs.Int64ul)
+i8 = CType("int8_t", 1, cs.Int8sl)
+i16 = CType("int16_t", 2, cs.Int16sl)
+i32 = CType("int32_t", 4, cs.Int32sl)
+i64 = CType("int64_t", 8, cs.Int64sl)
+char = CType("char", 1, cs.Int8ul)
+#: ``unsigned long`` and ``xen_pfn_t``/``xen_ulong_t`` on x86_64.
+ulong = CType("unsigned long", 8, cs.Int64ul)
+#: ``XEN_GUEST_HANDLE(T)`` / ``XEN_GUEST_HANDLE_64(T)`` and user pointers on x86_64: an 8-byte virtual address.
+handle = CType("guest handle", 8, cs.Int64ul)
+
+
+@dataclass(frozen=True)
+class Array:
+    """``T name[n]``. Arrays of ``char``/``uint8_t`` decode as ``bytes``."""
+
+    of: Type
+    n: int
+
+
+@dataclass(frozen=True)
+class Union:
+    """An anonymous C union member: all members at one offset. ``size`` forces a minimum (``pad[128]``)."""
+
+    members: tuple[F, ...]
+    size: int = 0
+
+    def __post_init__(self) -> None:
+        if any(m.since is not None or m.until is not None for m in self.members):
+            raise ValueError("version a union through its enclosing record's members, not inside it")
+
+
+Type = _TUnion[CType, Array, Union, "Decl"]
+
+
+@dataclass(frozen=True)
+class F:
+    """One declared member. ``since``/``until`` bound the interface versions (of the record's family) that
+    have it; ``until`` is exclusive."""
+
+    name: str
+    type: Type
+    since: int | None = None
+    until: int | None = None
+
+    def present(self, version: int | None) -> bool:
+        if version is None:
+            return self.since is None
+        if self.since is not None and version < self.since:
+            return False
+        return not (self.until is not None and version >= self.until)
+
+
+@dataclass(frozen=True)
+class Iface:
+    """The interface versions a hypervisor speaks: the key every version-dependent layout is looked up by."""
+
+    domctl: int
+    sysctl: int
+
+    def of(self, family: str | None) -> int | None:
+        if family == "domctl":
+            return self.domctl
+        if family == "sysctl":
+            return self.sysctl
+        return None
+
+
+@dataclass(frozen=True)
+class Member:
+    """One catalogue row: a member's dotted path, offset and size inside its outermost record."""
+
+    path: str
+    offset: int
+    size: int
+    ctype: str
+
+
+_DECLS: dict[str, Decl] = {}
+
+
+@dataclass(frozen=True, eq=False)
+class Decl:
+    """A C struct declaration: ``struct <cname>`` from ``header``.
+
+    ``family`` names the interface whose version keys this record's variants (``"domctl"``, ``"sysctl"``)
+    or is ``None`` for records that are the same in every release.
+    """
+
+    cname: str
+    header: str
+    fields: tuple[F, ...]
+    family: str | None = None
+    doc: str = ""
+    register: bool = True
+
+    def __post_init__(self) -> None:
+        if self.register:
+            if self.cname in _DECLS:
+                raise ValueError(f"struct {self.cname} declared twice")
+            _DECLS[self.cname] = self
+
+    def layout(self, iface: Iface | None = None) -> Layout:
+        """The concrete layout of this record on interface ``iface``."""
+        return _materialise(self, iface)
+
+    @property
+    def versioned(self) -> bool:
+        """Whether any member (here or nested) depends on an interface version."""
+        return any(f.since is not None or f.until is not None or _type_versioned(f.type) for f in self.fields)
+
+
+def _type_versioned(t: Type) -> bool:
+    if isinstance(t, Decl):
+        return t.versioned
+    if isinstance(t, Array):
+        return _type_versioned(t.of)
+    if isinstance(t, Union):
+        return any(f.since is not None or _type_versioned(f.type) for f in t.members)
+    return False
+
+
+def declarations() -> Mapping[str, Decl]:
+    """Every registered record declaration, by C name."""
+    return _DECLS
+
+
+# --- materialised layouts ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class Layout:
+    """A record as it is on one interface version: size, alignment, member offsets and the codec."""
+
+    decl: Decl
+    iface: Iface | None
+    size: int
+    align: int
+    offsets: Mapping[str, int]
+    types: Mapping[str, Type]
+    struct: Any = field(repr=False)
+
+    @property
+    def cname(self) -> str:
+        return self.decl.cname
+
+    def build(self, values: Mapping[str, Any] | None = None, /, **kw: Any) -> bytes:
+        """Encode ``values`` (missing members are zero) to exactly ``size`` bytes."""
+        merged = dict(values or {}, **kw)
+        unknown = set(merged) - set(self.offsets)
+        if unknown:
+            raise TypeError(f"struct {self.cname} has no member(s) {sorted(unknown)}")
+        data: bytes = self.struct.build(_fill(self, merged))
+        return data
+
+    def parse(self, data: bytes | bytearray | memoryview) -> cs.Container:
+        """Decode exactly ``size`` bytes. Fewer is a ``ProtocolError``; more is ignored by the caller's choice
+        (pass a slice)."""
+        if len(data) < self.size:
+            raise ProtocolError(f"struct {self.cname} needs {self.size} bytes, got {len(data)}")
+        return self.struct.parse(bytes(data[: self.size]))
+
+    def offsetof(self, path: str) -> int:
+        """``offsetof(struct cname, path)`` for a dotted member path."""
+        for m in self.members():
+            if m.path == path:
+                return m.offset
+        raise KeyError(f"struct {self.cname} has no member {path!r}")
+
+    def members(self) -> Iterator[Member]:
+        """Every member, depth first, with dotted paths for nested records and union members."""
+        for name, off in self.offsets.items():
+            yield from _members(name, off, self.types[name], self.iface)
+
+
+def _sizeof(t: Type, iface: Iface | None) -> tuple[int, int]:
+    """(size, align) of a member type."""
+    if isinstance(t, CType):
+        return t.size, t.align
+    if isinstance(t, Array):
+        s, a = _sizeof(t.of, iface)
+        return s * t.n, a
+    if isinstance(t, Decl):
+        lay = t.layout(iface)
+        return lay.size, lay.align
+    sizes = [_sizeof(m.type, iface) for m in t.members]
+    size = max([s for s, _ in sizes] + [t.size])
+    align = max([a for _, a in sizes] + [1])
+    return _round(size, align), align
+
+
+def _round(n: int, a: int) -> int:
+    return (n + a - 1) // a * a
+
+
+def _con(t: Type, iface: Iface | None) -> Any:
+    if isinstance(t, CType):
+        return t.con
+    if isinstance(t, Array):
+        if isinstance(t.of, CType) and t.of.size == 1 and t.of in (u8, char):
+            return cs.Bytes(t.n)
+        return cs.Array(t.n, _con(t.of, iface))
+    if isinstance(t, Decl):
+        return t.layout(iface).struct
+    size, _ = _sizeof(t, iface)
+    # Parse every member from the same bytes; build the one member the caller supplied.
+    raw = "_raw" / cs.Bytes(size)  # lets an all-zero union be built when no member is given
+    return cs.FixedSized(size, cs.Union(None, *[m.name / _con(m.type, iface) for m in t.members], raw))
+
+
+@functools.lru_cache(maxsize=None)
+def _materialise(decl: Decl, iface: Iface | None) -> Layout:
+    version = iface.of(decl.family) if iface else None
+    subcons: list[Any] = []
+    offsets: dict[str, int] = {}
+    types: dict[str, Type] = {}
+    off = 0
+    align = 1
+    for f in decl.fields:
+        if decl.family is not None and not f.present(version):
+            continue
+        if decl.family is None and (f.since is not None or f.until is not None):
+            raise ValueError(f"struct {decl.cname}: versioned member {f.name} in an unversioned record")
+        size, a = _sizeof(f.type, iface)
+        pad = _round(off, a) - off
+        if pad:
+            subcons.append(cs.Padding(pad))
+            off += pad
+        offsets[f.name] = off
+        types[f.name] = f.type
+        subcons.append(f.name / _con(f.type, iface))
+        off += size
+        align = max(align, a)
+    total = _round(off, align)
+    if total > off:
+        subcons.append(cs.Padding(total - off))
+    return Layout(decl, iface, total, align, offsets, types, cs.Struct(*subcons))
+
+
+def _members(path: str, off: int, t: Type, iface: Iface | None) -> Iterator[Member]:
+    size, _ = _sizeof(t, iface)
+    yield Member(path, off, size, _ctype(t))
+    if isinstance(t, Decl):
+        lay = t.layout(iface)
+        for name, o in lay.offsets.items():
+            yield from _members(f"{path}.{name}", off + o, lay.types[name], iface)
+    elif isinstance(t, Union):
+        for m in t.members:
+            yield from _members(f"{path}.{m.name}", off, m.type, iface)
+
+
+def _ctype(t: Type) -> str:
+    if isinstance(t, CType):
+        return t.cname
+    if isinstance(t, Array):
+        return f"{_ctype(t.of)}[{t.n}]"
+    if isinstance(t, Decl):
+        return f"struct {t.cname}"
+    return "union"
+
+
+def _fill(lay: Layout, values: Mapping[str, Any]) -> dict[str, Any]:
+    """Complete ``values`` with zeroes so construct can build a record from a partial description."""
+    out: dict[str, Any] = {}
+    for name, t in lay.types.items():
+        v = values.get(name)
+        out[name] = _zero_fill(t, v, lay.iface)
+    return out
+
+
+def _zero_fill(t: Type, v: Any, iface: Iface | None) -> Any:
+    if isinstance(t, CType):
+        return 0 if v is None else v
+    if isinstance(t, Array):
+        if isinstance(t.of, CType) and t.of in (u8, char):
+            raw = bytes(v or b"")
+            if len(raw) > t.n:
+                raise ValueError(f"{len(raw)} bytes do not fit in {_ctype(t)}")
+            return raw.ljust(t.n, b"\0")
+        items = list(v or [])
+        if len(items) > t.n:
+            raise ValueError(f"{len(items)} items do not fit in {_ctype(t)}")
+        items += [None] * (t.n - len(items))
+        return [_zero_fill(t.of, x, iface) for x in items]
+    if isinstance(t, Decl):
+        lay = t.layout(iface)
+        return _fill(lay, v or {})
+    # A union: build the single member named, or zeroes.
+    given = dict(v or {})
+    if len(given) > 1:
+        raise ValueError(f"a union takes one member, got {sorted(given)}")
+    for m in t.members:
+        if m.name in given:
+            return {m.name: _zero_fill(m.type, given[m.name], iface)}
+    size, _ = _sizeof(t, iface)
+    return {"_raw": b"\0" * size}
+
+
+# --- constants -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Constants:
+    """An ``IntEnum``/``IntFlag`` whose members are C macros ``prefix + member name`` from ``header``."""
+
+    enum: type[IntEnum] | type[IntFlag]
+    prefix: str
+    header: str
+
+    def macros(self) -> Iterator[tuple[str, int]]:
+        for m in self.enum:
+            name = str(m.name)
+            if name.endswith("_") and keyword.iskeyword(name[:-1]):
+                name = name[:-1]  # SchedOp.yield_ is SCHEDOP_yield
+            yield self.prefix + name, int(m.value)
+
+
+_CONSTANTS: list[Constants] = []
+
+
+def constants_registry() -> list[Constants]:
+    """Every registered constant group."""
+    return _CONSTANTS
