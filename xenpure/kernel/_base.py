@@ -1,0 +1,103 @@
+"""The shape of the kernel seam: what a kernel backend must offer, and nothing more.
+
+Rule 1: these are Protocols; a backend is any object with these methods, and it is passed in (injected),
+never selected by a global switch.
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Protocol, runtime_checkable
+
+__all__ = ["Device", "HypercallBuffer", "Kernel", "Mapping"]
+
+
+@runtime_checkable
+class Mapping(Protocol):
+    """Memory mapped from a device (or hypercall-safe memory): a view to fill and the address Xen sees."""
+
+    @property
+    def address(self) -> int:
+        """The virtual address of the first byte, as the hypervisor and kernel dereference it."""
+        ...
+
+    @property
+    def view(self) -> memoryview:
+        """A writable view of the whole mapping."""
+        ...
+
+    def close(self) -> None:
+        """Unmap. Idempotent. The view must not be used afterwards."""
+        ...
+
+
+@runtime_checkable
+class HypercallBuffer(Mapping, Protocol):
+    """Memory that Xen may read and write during a hypercall (it never faults or moves)."""
+
+    @property
+    def source(self) -> str:
+        """Where the memory came from, e.g. ``/dev/xen/hypercall`` or ``locked anonymous memory``."""
+        ...
+
+
+class Device(Protocol):
+    """An open Xen device node (privcmd, evtchn, gntdev, gntalloc, xenbus, hypercall)."""
+
+    @property
+    def path(self) -> str: ...
+
+    def fileno(self) -> int:
+        """A real file descriptor, pollable where the real device is."""
+        ...
+
+    def ioctl(self, request: int, arg: bytearray) -> int:
+        """Issue ``request`` with ``arg`` as the in/out argument buffer; return the ioctl's result.
+
+        Raises ``OSError`` with the errno the driver (or Xen behind it) answered.
+        """
+        ...
+
+    def read(self, n: int) -> bytes: ...
+
+    def write(self, data: bytes) -> int: ...
+
+    def mmap(self, length: int, offset: int = 0) -> Mapping:
+        """Map ``length`` bytes of the device, shared and read-write."""
+        ...
+
+    def close(self) -> None:
+        """Close the descriptor. Idempotent."""
+        ...
+
+    def __enter__(self) -> Device: ...
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+
+
+class Kernel(Protocol):
+    """Everything xenpure needs from the OS."""
+
+    def open(self, name: str) -> Device:
+        """Open the Xen device ``name`` (``"privcmd"``, ``"evtchn"``, ...).
+
+        Raises ``DeviceUnavailable`` naming every path tried, or ``NotPrivileged``.
+        """
+        ...
+
+    def connect_socket(self, path: str) -> Device:
+        """Connect to the Unix stream socket at ``path`` (xenstored's). ``ioctl``/``mmap`` are unsupported on it.
+
+        Raises ``DeviceUnavailable`` if nothing listens there, ``NotPrivileged`` if we may not connect.
+        """
+        ...
+
+    def alloc_buffer(self, size: int) -> HypercallBuffer:
+        """Allocate at least ``size`` bytes (whole pages) of hypercall-safe memory."""
+        ...
+
+    def close(self) -> None:
+        """Release what the kernel object itself holds open. Idempotent."""
+        ...
