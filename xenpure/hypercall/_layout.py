@@ -82,11 +82,13 @@ char = CType("char", 1, cs.Int8ul)
 ulong = CType("unsigned long", 8, cs.Int64ul)
 #: ``XEN_GUEST_HANDLE(T)`` / ``XEN_GUEST_HANDLE_64(T)`` and user pointers on x86_64: an 8-byte virtual address.
 handle = CType("guest handle", 8, cs.Int64ul)
+#: Element types whose arrays are byte strings (``int8_t cmd_line[]`` in start_info is text too).
+_BYTE_TYPES = (u8, i8, char)
 
 
 @dataclass(frozen=True)
 class Array:
-    """``T name[n]``. Arrays of ``char``/``uint8_t`` decode as ``bytes``."""
+    """``T name[n]``. Arrays of the byte types (``char``, ``uint8_t``, ``int8_t``) decode as ``bytes``."""
 
     of: Type
     n: int
@@ -271,7 +273,7 @@ def _con(t: Type, iface: Iface | None) -> Any:
     if isinstance(t, CType):
         return t.con
     if isinstance(t, Array):
-        if isinstance(t.of, CType) and t.of.size == 1 and t.of in (u8, char):
+        if isinstance(t.of, CType) and t.of in _BYTE_TYPES:
             return cs.Bytes(t.n)
         return cs.Array(t.n, _con(t.of, iface))
     if isinstance(t, Decl):
@@ -346,7 +348,7 @@ def _zero_fill(t: Type, v: Any, iface: Iface | None) -> Any:
     if isinstance(t, CType):
         return 0 if v is None else v
     if isinstance(t, Array):
-        if isinstance(t.of, CType) and t.of in (u8, char):
+        if isinstance(t.of, CType) and t.of in _BYTE_TYPES:
             raw = bytes(v or b"")
             if len(raw) > t.n:
                 raise ValueError(f"{len(raw)} bytes do not fit in {_ctype(t)}")
@@ -382,8 +384,9 @@ class Constants:
     header: str
 
     def macros(self) -> Iterator[tuple[str, int]]:
-        for m in self.enum:
-            name = str(m.name)
+        # Every declared name, aliases (DOMID_SELF == DOMID_FIRST_RESERVED) and zero / multi-bit flags
+        # included: iterating the enum itself would skip them.
+        for name, m in self.enum.__members__.items():
             if name.endswith("_") and keyword.iskeyword(name[:-1]):
                 name = name[:-1]  # SchedOp.yield_ is SCHEDOP_yield
             yield self.prefix + name, int(m.value)
