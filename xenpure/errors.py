@@ -1,7 +1,7 @@
 """Every exception xenpure raises, under one root.
 
 Rule 1: an errno becomes an exception in exactly one place per seam (``HypercallError.from_errno`` for
-hypercalls and ioctls), and the exception says what failed, why, and what to do about it.
+hypercalls and ioctls, ``XenstoreError.from_reply`` for xenstore error strings), and the exception says what failed, why, and what to do about it.
 
 The tree::
 
@@ -12,19 +12,40 @@ The tree::
      |-- ProtocolError          (also ValueError)         malformed data from the other side
      |                                                    (reply buffer, wire message, ring)
      |-- Timeout                (also TimeoutError)       a blocking call ran out of time
-     `-- HypercallError         (also OSError)            Xen or the kernel answered -errno
-          |-- NoSuchDomain           ESRCH   (also ProcessLookupError)
-          |-- AccessDenied           EACCES  (also PermissionError); a wrong interface version answers this
-          |-- OperationNotPermitted  EPERM   (also PermissionError)
-          |-- AlreadyExists          EEXIST  (also FileExistsError)
-          |-- InvalidArgument        EINVAL
-          |-- OutOfMemory            ENOMEM
-          |-- Busy                   EBUSY
-          |-- TryAgain               EAGAIN  (also BlockingIOError)
-          `-- NotSupported           ENOSYS, EOPNOTSUPP, ENOTTY
+     |-- HypercallError         (also OSError)            Xen or the kernel answered -errno
+     |    |-- NoSuchDomain           ESRCH   (also ProcessLookupError)
+     |    |-- AccessDenied           EACCES  (also PermissionError); a wrong interface version answers this
+     |    |-- OperationNotPermitted  EPERM   (also PermissionError)
+     |    |-- AlreadyExists          EEXIST  (also FileExistsError)
+     |    |-- InvalidArgument        EINVAL
+     |    |-- OutOfMemory            ENOMEM
+     |    |-- Busy                   EBUSY
+     |    |-- TryAgain               EAGAIN  (also BlockingIOError)
+     |    `-- NotSupported           ENOSYS, EOPNOTSUPP, ENOTTY
+     `-- XenstoreError          (also OSError)            xenstored answered ERROR "E..." (or we refused
+          |                                               to send a request that breaks a protocol limit)
+          |-- XenstoreInvalid        EINVAL
+          |-- PermissionDenied       EACCES  (also PermissionError)
+          |-- Exists                 EEXIST  (also FileExistsError)
+          |-- IsDirectory            EISDIR  (also IsADirectoryError)
+          |-- NoEntry                ENOENT  (also FileNotFoundError)
+          |-- XenstoreOutOfMemory    ENOMEM
+          |-- NoSpace                ENOSPC  (a quota was hit)
+          |-- XenstoreIOError        EIO
+          |-- NotEmpty               ENOTEMPTY
+          |-- XenstoreNotSupported   ENOSYS  (an optional message type this xenstored lacks)
+          |-- ReadOnly               EROFS
+          |-- XenstoreBusy           EBUSY
+          |-- TransactionConflict    EAGAIN  (commit lost a race: run the transaction again)
+          |-- AlreadyConnected       EISCONN
+          |-- TooBig                 E2BIG   (also: a request over XENSTORE_PAYLOAD_MAX, refused locally)
+          |-- XenstorePermission     EPERM   (also PermissionError)
+          `-- ConnectionClosed       ECONNRESET (also ConnectionResetError) xenstored hung up
 
-Because ``HypercallError`` is an ``OSError``, ``except OSError`` and ``exc.errno`` keep working for code
-that thinks in errno.
+Because ``HypercallError`` and ``XenstoreError`` are ``OSError``s, ``except OSError`` and ``exc.errno``
+keep working for code that thinks in errno. The xenstore classes are separate from the hypercall ones
+(``Exists`` is not ``AlreadyExists``) because they come from a different seam: a message from xenstored,
+not an ioctl.
 """
 
 from __future__ import annotations
@@ -35,21 +56,39 @@ from collections.abc import Sequence
 
 __all__ = [
     "AccessDenied",
+    "AlreadyConnected",
     "AlreadyExists",
     "Busy",
+    "ConnectionClosed",
     "DeviceUnavailable",
+    "Exists",
     "HypercallError",
     "InvalidArgument",
+    "IsDirectory",
+    "NoEntry",
+    "NoSpace",
     "NoSuchDomain",
+    "NotEmpty",
     "NotPrivileged",
     "NotSupported",
     "OperationNotPermitted",
     "OutOfMemory",
+    "PermissionDenied",
     "ProtocolError",
+    "ReadOnly",
     "Timeout",
+    "TooBig",
+    "TransactionConflict",
     "TryAgain",
     "UnsupportedInterface",
     "XenError",
+    "XenstoreBusy",
+    "XenstoreError",
+    "XenstoreIOError",
+    "XenstoreInvalid",
+    "XenstoreNotSupported",
+    "XenstoreOutOfMemory",
+    "XenstorePermission",
 ]
 
 
@@ -187,4 +226,135 @@ _BY_ERRNO: dict[int, type[HypercallError]] = {
     _errno.ENOSYS: NotSupported,
     _errno.EOPNOTSUPP: NotSupported,
     _errno.ENOTTY: NotSupported,
+}
+
+
+# --------------------------------------------------------------------------------------------------------
+# xenstore: errors travel as strings ("ENOENT") in an XS_ERROR reply; ``XenstoreError.from_reply`` is the
+# one place such a string becomes a class.
+# --------------------------------------------------------------------------------------------------------
+
+
+class XenstoreError(XenError, OSError):
+    """xenstored answered a request with an error (or the request was refused before it was sent).
+
+    ``error`` is the name as it travelled (``"ENOENT"``); ``errno`` its number, or ``None`` when the name is
+    not an errno this Python knows. ``op`` names the message type (``"READ"``), ``path`` the node, if any.
+    """
+
+    def __init__(
+        self, error: str, op: str, path: str | None = None, detail: str = "", err: int | None = None
+    ) -> None:
+        self.error = error
+        self.op = op
+        self.path = path
+        if err is None:
+            err = getattr(_errno, error, None) if error.startswith("E") else None
+        where = f"xenstore {op} {path!r}" if path is not None else f"xenstore {op}"
+        msg = f"{where} failed: {error}"
+        if err is not None:
+            msg = f"{msg} ({os.strerror(err)})"
+        if detail:
+            msg = f"{msg}: {detail}"
+        super().__init__(err, msg)
+
+    def __str__(self) -> str:
+        return str(self.args[1])
+
+    @staticmethod
+    def from_reply(error: str, op: str, path: str | None = None, detail: str = "") -> XenstoreError:
+        """Build the errno-named subclass for the error string ``error`` (``"EAGAIN"``)."""
+        err = getattr(_errno, error, None) if error.startswith("E") else None
+        cls = _XS_BY_ERRNO.get(err, XenstoreError) if isinstance(err, int) else XenstoreError
+        return cls(error, op, path, detail, err if isinstance(err, int) else None)
+
+
+class XenstoreInvalid(XenstoreError):
+    """EINVAL: a malformed path, value, domid or argument (or a path over XENSTORE_*_PATH_MAX)."""
+
+
+class PermissionDenied(XenstoreError, PermissionError):
+    """EACCES: the node's permissions do not let this domain read or write it."""
+
+
+class Exists(XenstoreError, FileExistsError):
+    """EEXIST: the node, watch or domain already exists."""
+
+
+class IsDirectory(XenstoreError, IsADirectoryError):
+    """EISDIR."""
+
+
+class NoEntry(XenstoreError, FileNotFoundError):
+    """ENOENT: no such node (or transaction, or watch, or domain)."""
+
+
+class XenstoreOutOfMemory(XenstoreError):
+    """ENOMEM: xenstored could not allocate memory."""
+
+
+class NoSpace(XenstoreError):
+    """ENOSPC: a per-domain quota (nodes, node size, watches...) was hit."""
+
+
+class XenstoreIOError(XenstoreError):
+    """EIO: xenstored's own storage failed."""
+
+
+class NotEmpty(XenstoreError):
+    """ENOTEMPTY."""
+
+
+class XenstoreNotSupported(XenstoreError):
+    """ENOSYS: this xenstored does not implement the (optional) message type."""
+
+
+class ReadOnly(XenstoreError):
+    """EROFS: the connection is read-only."""
+
+
+class XenstoreBusy(XenstoreError):
+    """EBUSY: xenstored is busy (e.g. a live update is in progress)."""
+
+
+class TransactionConflict(XenstoreError):
+    """EAGAIN: another writer changed what this transaction touched; run the whole transaction again."""
+
+
+class AlreadyConnected(XenstoreError):
+    """EISCONN: the domain is already introduced."""
+
+
+class TooBig(XenstoreError):
+    """E2BIG: the reply would exceed XENSTORE_PAYLOAD_MAX, or our request would (then it was not sent)."""
+
+
+class XenstorePermission(XenstoreError, PermissionError):
+    """EPERM: the operation needs a privileged (control) domain."""
+
+
+class ConnectionClosed(XenstoreError, ConnectionResetError):
+    """xenstored (or the xenbus driver) closed the connection; requests still outstanding are lost."""
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__("ECONNRESET", "connection", None, detail or "xenstored closed the connection")
+
+
+_XS_BY_ERRNO: dict[int, type[XenstoreError]] = {
+    _errno.EINVAL: XenstoreInvalid,
+    _errno.EACCES: PermissionDenied,
+    _errno.EEXIST: Exists,
+    _errno.EISDIR: IsDirectory,
+    _errno.ENOENT: NoEntry,
+    _errno.ENOMEM: XenstoreOutOfMemory,
+    _errno.ENOSPC: NoSpace,
+    _errno.EIO: XenstoreIOError,
+    _errno.ENOTEMPTY: NotEmpty,
+    _errno.ENOSYS: XenstoreNotSupported,
+    _errno.EROFS: ReadOnly,
+    _errno.EBUSY: XenstoreBusy,
+    _errno.EAGAIN: TransactionConflict,
+    _errno.EISCONN: AlreadyConnected,
+    _errno.E2BIG: TooBig,
+    _errno.EPERM: XenstorePermission,
 }
