@@ -1,7 +1,8 @@
 """Every exception xenpure raises, under one root.
 
 Rule 1: an errno becomes an exception in exactly one place per seam (``HypercallError.from_errno`` for
-hypercalls and ioctls, ``XenstoreError.from_reply`` for xenstore error strings), and the exception says what failed, why, and what to do about it.
+hypercalls and ioctls, ``XenstoreError.from_reply`` for xenstore error strings), and the exception says
+what failed, why, and what to do about it.
 
 The tree::
 
