@@ -223,6 +223,7 @@ class Layout:
     def build(self, values: Mapping[str, Any] | None = None, /, **kw: Any) -> bytes:
         """Encode ``values`` (missing members are zero) to exactly ``size`` bytes."""
         merged = dict(values or {}, **kw)
+        merged.pop("_io", None)  # construct's bookkeeping key in a parsed Container
         unknown = set(merged) - set(self.offsets)
         if unknown:
             raise TypeError(f"struct {self.cname} has no member(s) {sorted(unknown)}")
@@ -389,6 +390,8 @@ class Constants:
         for name, m in self.enum.__members__.items():
             if name.endswith("_") and keyword.iskeyword(name[:-1]):
                 name = name[:-1]  # SchedOp.yield_ is SCHEDOP_yield
+            elif name[:1] == "_" and name[1:2].isdigit():
+                name = name[1:]  # VmAssistType._4gb_segments is VMASST_TYPE_4gb_segments
             yield self.prefix + name, int(m.value)
 
 

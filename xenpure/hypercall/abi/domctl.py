@@ -14,6 +14,7 @@ from .arch_x86 import ARCH_DOMAINCONFIG
 from .xen import XENCTL_BITMAP
 
 __all__ = [
+    "payload_member",
     "ADDRESS_SIZE",
     "CREATEDOMAIN",
     "DOMCTL",
@@ -230,3 +231,28 @@ constants_registry().extend(
         Constants(VcpuAffinityFlag, "XEN_VCPUAFFINITY_", "domctl.h"),
     ]
 )
+
+#: Which union member of ``struct xen_domctl`` carries each command's payload (None: no payload).
+_PAYLOAD: dict[DomctlCmd, Decl | None] = {
+    DomctlCmd.createdomain: CREATEDOMAIN,
+    DomctlCmd.destroydomain: None,
+    DomctlCmd.pausedomain: None,
+    DomctlCmd.unpausedomain: None,
+    DomctlCmd.resumedomain: None,
+    DomctlCmd.getdomaininfo: GETDOMAININFO,
+    DomctlCmd.setvcpuaffinity: VCPUAFFINITY,
+    DomctlCmd.getvcpuaffinity: VCPUAFFINITY,
+    DomctlCmd.max_mem: MAX_MEM,
+    DomctlCmd.setvcpucontext: VCPUCONTEXT,
+    DomctlCmd.getvcpucontext: VCPUCONTEXT,
+    DomctlCmd.getvcpuinfo: GETVCPUINFO,
+    DomctlCmd.max_vcpus: MAX_VCPUS,
+    DomctlCmd.settimeoffset: SETTIMEOFFSET,
+    DomctlCmd.set_address_size: ADDRESS_SIZE,
+    DomctlCmd.get_address_size: ADDRESS_SIZE,
+}
+
+
+def payload_member(cmd: DomctlCmd) -> Decl | None:
+    """The record in ``xen_domctl.u`` that ``cmd`` reads and writes."""
+    return _PAYLOAD[cmd]

@@ -11,6 +11,7 @@ from enum import IntEnum, IntFlag
 from .._layout import Array, Constants, Decl, F, Union, constants_registry, handle, u8, u16, u32, u64
 
 __all__ = [
+    "sysctl_member",
     "GETDOMAININFOLIST",
     "PHYSINFO",
     "READCONSOLE",
@@ -29,9 +30,7 @@ class SysctlCmd(IntEnum):
 
     readconsole = 1
     physinfo = 3
-    sched_id = 4
     getdomaininfolist = 6
-    getcpuinfo = 8
 
 
 class PhysCap(IntFlag):
@@ -121,3 +120,15 @@ SYSCTL = Decl(
 constants_registry().extend(
     [Constants(SysctlCmd, "XEN_SYSCTL_", "sysctl.h"), Constants(PhysCap, "XEN_SYSCTL_PHYSCAP_", "sysctl.h")]
 )
+
+#: Which union member of ``struct xen_sysctl`` carries each command's payload.
+_PAYLOAD: dict[SysctlCmd, Decl | None] = {
+    SysctlCmd.readconsole: READCONSOLE,
+    SysctlCmd.physinfo: PHYSINFO,
+    SysctlCmd.getdomaininfolist: GETDOMAININFOLIST,
+}
+
+
+def sysctl_member(cmd: SysctlCmd) -> Decl | None:
+    """The record in ``xen_sysctl.u`` that ``cmd`` reads and writes."""
+    return _PAYLOAD[cmd]

@@ -1,0 +1,242 @@
+"""The host and its domains: the public face, shaped like libvirt's connection and domain objects.
+
+Rule 1: ``Host`` and ``Domain`` compose the layers below (hypercall, later evtchn and xenstore) and never
+touch a device themselves; every method says which hypercall it issues.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import uuid as _uuid
+from collections.abc import Iterator
+from typing import Any
+
+from ..errors import NoSuchDomain, ProtocolError
+from ..hypercall._layout import Iface
+from ..hypercall._privcmd import Privcmd
+from ..hypercall._probe import probe_interface, xen_version_numbers
+from ..hypercall.abi import release_for
+from ..hypercall.abi.domctl import GETDOMAININFO, DomctlCmd
+from ..hypercall.abi.sched import SCHED_REMOTE_SHUTDOWN, SchedOp, ShutdownReason
+from ..hypercall.abi.sysctl import SysctlCmd
+from ..hypercall.abi.version import CAPABILITIES_INFO_LEN, CHANGESET_INFO_LEN, EXTRAVERSION_LEN, XenVer
+from ..hypercall.abi.xen import DOMID_FIRST_RESERVED, Hypercall
+from ..kernel import Kernel
+from ._types import DomainInfo, PhysInfo, VcpuInfo, XenVersion
+
+__all__ = ["Domain", "Host"]
+
+log = logging.getLogger("xenpure.domain")
+
+#: How many getdomaininfo records one getdomaininfolist sysctl asks for.
+_BATCH = 64
+
+
+def _cstr(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode("ascii", "replace")
+
+
+class Host:
+    """A connection to one Xen host (the hypervisor under this dom0, or the simulated one).
+
+    Obtain it with ``xenpure.connect()``. Construction opens /dev/xen/privcmd and probes the hypervisor's
+    version and interface versions; ``close()`` (or ``with``) releases everything.
+    """
+
+    def __init__(self, kernel: Kernel) -> None:
+        self.kernel = kernel
+        self._xenstore: Any = None
+        self._privcmd = Privcmd(kernel)
+        try:
+            self._major, self._minor = xen_version_numbers(self._privcmd)
+            #: The domctl/sysctl interface versions this hypervisor speaks.
+            self.interface: Iface = probe_interface(self._privcmd, self._major, self._minor)
+        except BaseException:
+            self._privcmd.close()
+            raise
+
+    # -- lifetime ---------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Release the privcmd descriptor, buffers, the xenstore connection and the kernel. Idempotent."""
+        if self._xenstore is not None:
+            self._xenstore.close()
+            self._xenstore = None
+        self._privcmd.close()
+        self.kernel.close()
+
+    def __enter__(self) -> Host:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Host Xen {self._major}.{self._minor} ({release_for(self.interface)}) via {self.kernel!r}>"
+
+    @property
+    def xenstore(self) -> Any:
+        """The xenstore client (opened on first use: xenstored's socket, else /dev/xen/xenbus)."""
+        if self._xenstore is None:
+            from ..xenstore import Client
+
+            self._xenstore = Client.open(self.kernel)
+        return self._xenstore
+
+    @property
+    def privcmd(self) -> Privcmd:
+        """The hypercall channel, for layers built on top (and for learning)."""
+        return self._privcmd
+
+    # -- host -------------------------------------------------------------------------------------------
+    def version(self) -> XenVersion:
+        """The hypervisor's version (``xen_version``: XENVER_version, extraversion, capabilities, changeset)."""
+        _, extra = self._privcmd.xen_version(XenVer.extraversion, EXTRAVERSION_LEN)
+        _, caps = self._privcmd.xen_version(XenVer.capabilities, CAPABILITIES_INFO_LEN)
+        _, changeset = self._privcmd.xen_version(XenVer.changeset, CHANGESET_INFO_LEN)
+        return XenVersion(self._major, self._minor, _cstr(extra), _cstr(caps), _cstr(changeset))
+
+    def physinfo(self) -> PhysInfo:
+        """CPUs, memory and capabilities of the machine (``XEN_SYSCTL_physinfo``)."""
+        rec, _ = self._privcmd.sysctl(self.interface, SysctlCmd.physinfo)
+        return PhysInfo.from_record(rec)
+
+    def domain_infos(self) -> list[DomainInfo]:
+        """Every domain's info, fetched in batches with ``XEN_SYSCTL_getdomaininfolist`` (not per domid)."""
+        lay = GETDOMAININFO.layout(self.interface)
+        out: list[DomainInfo] = []
+        first = 0
+        while first < DOMID_FIRST_RESERVED:
+            rec, tail = self._privcmd.sysctl(
+                self.interface,
+                SysctlCmd.getdomaininfolist,
+                lambda addr: {"first_domain": first, "max_domains": _BATCH, "buffer": addr},
+                extra=_BATCH * lay.size,
+            )
+            n = int(rec.num_domains)
+            if n > _BATCH:
+                raise ProtocolError(f"getdomaininfolist returned {n} domains for a buffer of {_BATCH}")
+            batch = [DomainInfo.from_record(lay.parse(tail[i * lay.size : (i + 1) * lay.size])) for i in range(n)]
+            if any(d.domid < first for d in batch) or any(
+                a.domid >= b.domid for a, b in zip(batch, batch[1:], strict=False)
+            ):
+                raise ProtocolError(f"getdomaininfolist returned domain ids out of order from {first}")
+            out.extend(batch)
+            if n < _BATCH:
+                break
+            first = batch[-1].domid + 1
+        return out
+
+    def domains(self) -> list[Domain]:
+        """Every domain, Domain-0 included, in domid order (one getdomaininfolist batch per 64 domains)."""
+        return [Domain(self, d.domid) for d in self.domain_infos()]
+
+    def __iter__(self) -> Iterator[Domain]:
+        return iter(self.domains())
+
+    def domain(self, key: int | str | _uuid.UUID) -> Domain:
+        """Look a domain up by id, name (xenstore ``/local/domain/<id>/name``) or UUID.
+
+        Raises ``NoSuchDomain``.
+        """
+        if isinstance(key, int):
+            d = Domain(self, key)
+            d.info()  # ESRCH -> NoSuchDomain
+            return d
+        if isinstance(key, _uuid.UUID):
+            for info in self.domain_infos():
+                if info.uuid == key:
+                    return Domain(self, info.domid)
+            raise NoSuchDomain(3, "getdomaininfolist", None, f"no domain has uuid {key}")
+        if key.isdigit():
+            return self.domain(int(key))
+        for info in self.domain_infos():
+            if self.domain_name(info.domid) == key:
+                return Domain(self, info.domid)
+        raise NoSuchDomain(3, "getdomaininfolist", None, f"no domain is named {key!r}")
+
+    def domain_name(self, domid: int) -> str | None:
+        """The name the toolstack gave ``domid`` in xenstore, or None if it has none."""
+        return _xenstore_name(self, domid)
+
+    # -- per-domain hypercalls (Domain delegates here) ---------------------------------------------------
+    def _domctl(self, cmd: DomctlCmd, domid: int, payload: Any = None, extra: int = 0) -> tuple[int, Any, bytes]:
+        return self._privcmd.domctl(self.interface, cmd, domid, payload, extra=extra)
+
+
+class Domain:
+    """One domain on a ``Host``. It holds only the id: every property is asked of Xen when you call it."""
+
+    def __init__(self, host: Host, domid: int) -> None:
+        self.host = host
+        self.id = domid
+
+    def __repr__(self) -> str:
+        return f"<Domain {self.id}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Domain) and other.host is self.host and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash((id(self.host), self.id))
+
+    @property
+    def name(self) -> str | None:
+        """xenstore ``/local/domain/<id>/name``, or None."""
+        return self.host.domain_name(self.id)
+
+    def info(self) -> DomainInfo:
+        """State, memory, vcpus, cpu time, shutdown reason and uuid (``XEN_DOMCTL_getdomaininfo``).
+
+        Raises ``NoSuchDomain`` if the domain does not exist.
+        """
+        echoed, rec, _ = self.host._domctl(DomctlCmd.getdomaininfo, self.id)
+        info = DomainInfo.from_record(rec)
+        if info.domid != self.id:
+            # Some releases answer with the next domain up; that is not the one asked for.
+            raise NoSuchDomain(3, "domctl", "getdomaininfo", f"domain {self.id} does not exist")
+        return info
+
+    def pause(self) -> None:
+        """Suspend the domain's vcpus (``XEN_DOMCTL_pausedomain``): libvirt's *suspend*.
+
+        Xen counts controller pauses: each ``pause()`` needs its own ``unpause()``. Memory stays allocated;
+        this is not save-to-disk.
+        """
+        self.host._domctl(DomctlCmd.pausedomain, self.id)
+
+    def unpause(self) -> None:
+        """Let the domain run again (``XEN_DOMCTL_unpausedomain``): libvirt's *resume*.
+
+        Raises ``InvalidArgument`` (EINVAL) if the domain is not paused by the controller.
+        """
+        self.host._domctl(DomctlCmd.unpausedomain, self.id)
+
+    def vcpus(self) -> list[VcpuInfo]:
+        """Per-vcpu state (``XEN_DOMCTL_getvcpuinfo`` for vcpu 0..max_vcpu_id)."""
+        info = self.info()
+        if info.max_vcpu_id == 0xFFFFFFFF:  # XEN_INVALID_MAX_VCPU_ID: no vcpus yet
+            return []
+        out = []
+        for v in range(info.max_vcpu_id + 1):
+            _, rec, _ = self.host._domctl(DomctlCmd.getvcpuinfo, self.id, {"vcpu": v})
+            out.append(VcpuInfo.from_record(rec))
+        return out
+
+    def remote_shutdown(self, reason: ShutdownReason) -> None:
+        """Force the shutdown state with a reason (``SCHEDOP_remote_shutdown``); the guest is not asked."""
+        lay = SCHED_REMOTE_SHUTDOWN.layout()
+        pc = self.host.privcmd
+        with pc.buffer(lay.size) as buf:
+            buf.view[: lay.size] = lay.build(domain_id=self.id, reason=int(reason))
+            pc.hypercall(Hypercall.sched_op, int(SchedOp.remote_shutdown), buf.address, subop="remote_shutdown")
+
+
+def _xenstore_name(host: Host, domid: int) -> str | None:
+    try:
+        value: bytes = host.xenstore.read(f"/local/domain/{domid}/name")
+    except OSError as e:
+        if e.errno == errno.ENOENT:
+            return None
+        raise
+    return value.decode("utf-8", "replace")

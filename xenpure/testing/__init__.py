@@ -1,0 +1,15 @@
+"""A simulated Xen host, shipped so that code using xenpure can be tested on any machine.
+
+Rule 1: the simulation sits under the kernel seam. ``connect("sim://")`` (or ``Host(SimKernel())``) runs
+every layer of xenpure for real; only the kernel driver and the hypervisor are simulated.
+
+With pytest, the ``sim_host`` fixture (registered by xenpure's pytest plugin) gives a fresh ``Host`` on a
+fresh simulated hypervisor for each test; ``sim_xen`` is the hypervisor state behind it.
+"""
+
+from __future__ import annotations
+
+from ._hypervisor import SimDomain, SimVcpu, SimXen, XenErrno
+from ._kernel import SimBuffer, SimDevice, SimKernel
+
+__all__ = ["SimBuffer", "SimDevice", "SimDomain", "SimKernel", "SimVcpu", "SimXen", "XenErrno"]
