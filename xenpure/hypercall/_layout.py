@@ -364,6 +364,15 @@ def _zero_fill(t: Type, v: Any, iface: Iface | None) -> Any:
         return _fill(lay, v or {})
     # A union: build the single member named, or zeroes.
     given = dict(v or {})
+    if "_raw" in given:
+        # A union as parse() returned it (every member's view plus the raw bytes): keep the bytes, unless
+        # the caller changed one member's view since, which then is the member built.
+        raw = bytes(given.pop("_raw"))
+        given.pop("_io", None)
+        before = _con(t, iface).parse(raw)
+        given = {k: x for k, x in given.items() if before.get(k) != x}
+        if not given:
+            return {"_raw": raw}
     if len(given) > 1:
         raise ValueError(f"a union takes one member, got {sorted(given)}")
     for m in t.members:

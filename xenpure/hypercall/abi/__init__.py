@@ -16,7 +16,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._layout import Iface, Layout, constants_registry, declarations
-from . import arch_x86, domctl, elfnote, event_channel, grant_table, memory, privcmd, sched, sysctl, version, xen
+from . import (
+    arch_x86,
+    domctl,
+    elfnote,
+    event_channel,
+    grant_table,
+    memory,
+    privcmd,
+    sched,
+    sysctl,
+    version,
+    xen,
+)
 from .domctl import DOMCTL_VERSIONS
 from .privcmd import IOCTLS
 from .sysctl import SYSCTL_VERSIONS

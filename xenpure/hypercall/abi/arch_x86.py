@@ -123,7 +123,8 @@ CPU_USER_REGS = Decl(
         F("gs", u16),
         F("_pad6", Array(u16, 3)),
     ),
-    doc="A 64-bit PV vcpu's general registers, as set by setvcpucontext (rip = kernel entry, rsi = start_info).",
+    doc="A 64-bit PV vcpu's general registers, as set by setvcpucontext (rip = kernel entry, "
+    "rsi = start_info).",
 )
 
 TRAP_INFO = Decl(

@@ -53,7 +53,7 @@ class EvtchnOp(IntEnum):
 
 
 class EvtchnStat(IntEnum):
-    """``EVTCHNSTAT_*``: ``evtchn_status.status``, which also says which member of its union ``u`` is valid."""
+    """``EVTCHNSTAT_*``: ``evtchn_status.status``; also says which member of its union ``u`` is valid."""
 
     closed = 0
     unbound = 1

@@ -30,10 +30,10 @@ __all__ = [
     "UNMAP_GRANT_REF",
     "CacheFlushFlag",
     "CopyFlag",
-    "GnttabOp",
-    "GnttabReserved",
     "GntMap",
     "GntSt",
+    "GnttabOp",
+    "GnttabReserved",
     "GrantFlag",
     "GrantTransferFlag",
     "GrantType",
@@ -274,7 +274,8 @@ CACHE_FLUSH = Decl(
         F("length", u16),
         F("op", u32),
     ),
-    doc="GNTTABOP_cache_flush: clean/invalidate (GNTTAB_CACHE_*) length bytes at offset of a grant or address.",
+    doc="GNTTABOP_cache_flush: clean/invalidate (GNTTAB_CACHE_*) length bytes at offset of a grant or "
+    "an address.",
 )
 
 constants_registry().extend(

@@ -201,7 +201,8 @@ MEMORY_MAP = Decl(
     "xen_memory_map",
     "memory.h",
     (F("nr_entries", u32), F("buffer", handle)),
-    doc="XENMEM_{,machine_}memory_map: an E820 table of nr_entries entries in buffer (IN capacity, OUT count).",
+    doc="XENMEM_{,machine_}memory_map: an E820 table of nr_entries entries in buffer (IN capacity, "
+    "OUT count).",
 )
 
 FOREIGN_MEMORY_MAP = Decl(

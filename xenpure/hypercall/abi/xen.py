@@ -1,4 +1,5 @@
-"""Declarations from Xen's public/xen.h: hypercall numbers, reserved domain ids, shared bitmaps.
+"""Declarations from Xen's public/xen.h: hypercall numbers, reserved domain ids, shared bitmaps, the PV
+memory-management ops (mmu_update, mmuext_op), the shared info page and start_info.
 
 Rule 1: every value here is the C macro of the same name in xen/include/public/xen.h, nothing derived.
 """
@@ -7,7 +8,21 @@ from __future__ import annotations
 
 from enum import IntEnum, IntFlag
 
-from .._layout import Array, Constants, Decl, F, Union, char, constants_registry, handle, i8, u8, u32, u64, ulong
+from .._layout import (
+    Array,
+    Constants,
+    Decl,
+    F,
+    Union,
+    char,
+    constants_registry,
+    handle,
+    i8,
+    u8,
+    u32,
+    u64,
+    ulong,
+)
 from .arch_x86 import ARCH_SHARED_INFO, ARCH_VCPU_INFO, XEN_LEGACY_MAX_VCPUS
 
 __all__ = [
