@@ -101,6 +101,31 @@ class Host:
         rec, _ = self._privcmd.sysctl(self.interface, SysctlCmd.physinfo)
         return PhysInfo.from_record(rec)
 
+    def dmesg(self, *, clear: bool = False, chunk: int = 16384) -> str:
+        """The hypervisor's console ring, like ``xl dmesg`` (``XEN_SYSCTL_readconsole``, incremental reads).
+
+        ``clear`` empties the ring after reading it.
+        """
+        parts: list[bytes] = []
+        index = 0
+        while True:
+            rec, tail = self._privcmd.sysctl(
+                self.interface,
+                SysctlCmd.readconsole,
+                lambda addr: {"incremental": 1, "index": index, "buffer": addr, "count": chunk},
+                extra=chunk,
+            )
+            n = int(rec.count)
+            if n > chunk:
+                raise ProtocolError(f"readconsole reported {n} bytes for a {chunk}-byte buffer")
+            if n == 0:
+                break
+            parts.append(tail[:n])
+            index = int(rec.index)
+        if clear:
+            self._privcmd.sysctl(self.interface, SysctlCmd.readconsole, {"clear": 1})
+        return b"".join(parts).decode("utf-8", "replace")
+
     def domain_infos(self) -> list[DomainInfo]:
         """Every domain's info, fetched in batches with ``XEN_SYSCTL_getdomaininfolist`` (not per domid)."""
         lay = GETDOMAININFO.layout(self.interface)

@@ -231,8 +231,11 @@ class Layout:
         return data
 
     def parse(self, data: bytes | bytearray | memoryview) -> cs.Container:
-        """Decode exactly ``size`` bytes. Fewer is a ``ProtocolError``; more is ignored by the caller's choice
-        (pass a slice)."""
+        """Decode the first ``size`` bytes of ``data``; fewer is a ``ProtocolError``.
+
+        The result is a construct ``Container`` (a dict): read members named like dict methods (``clear``,
+        ``copy``, ``items``...) by subscript, ``rec["clear"]``, since ``rec.clear`` is the method.
+        """
         if len(data) < self.size:
             raise ProtocolError(f"struct {self.cname} needs {self.size} bytes, got {len(data)}")
         return self.struct.parse(bytes(data[: self.size]))

@@ -8,7 +8,7 @@ trying a harmless command with each known version tells us which one it speaks.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from ..errors import AccessDenied, HypercallError, NotPrivileged, OperationNotPermitted, UnsupportedInterface
 from ._layout import Iface
@@ -59,8 +59,7 @@ def probe_interface(pc: Privcmd, major: int, minor: int) -> Iface:
     return iface
 
 
-def _first_accepted(what: str, versions: list[int], attempt: object, release: str) -> int:
-    assert callable(attempt)
+def _first_accepted(what: str, versions: list[int], attempt: Callable[[int], object], release: str) -> int:
     for v in versions:
         try:
             attempt(v)
@@ -74,4 +73,4 @@ def _first_accepted(what: str, versions: list[int], attempt: object, release: st
         except HypercallError:
             pass  # any other answer (ESRCH, ...) means the version itself was accepted
         return v
-    raise UnsupportedInterface(what, versions, f"{release} refused every one with EACCES; upgrade xenpure")
+    raise UnsupportedInterface(what, sorted(versions), f"{release} refused every one with EACCES; upgrade xenpure")

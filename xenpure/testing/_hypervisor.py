@@ -370,7 +370,7 @@ class SimXen:
         data = bytes(self.console[start : start + req.count])
         if data:
             mem.resolve(req.buffer, len(data))[:] = data
-        if req.clear:
+        if req["clear"]:  # not req.clear: a parsed Container is a dict, and dict.clear would shadow it
             self.console.clear()
         return dict(req, count=len(data), index=start + len(data))
 

@@ -1,0 +1,214 @@
+"""The first public API on the simulated host, through the real encode/decode path."""
+
+import errno
+import os
+
+import pytest
+
+import xenpure
+from xenpure import DomainState
+from xenpure.errors import (
+    AccessDenied,
+    DeviceUnavailable,
+    HypercallError,
+    InvalidArgument,
+    NoSuchDomain,
+    NotPrivileged,
+    ProtocolError,
+    UnsupportedInterface,
+)
+from xenpure.hypercall._layout import Iface
+from xenpure.hypercall.abi.domctl import DomctlCmd
+from xenpure.hypercall.abi.sched import ShutdownReason
+from xenpure.hypercall.abi.xen import Hypercall
+from xenpure.testing import SimKernel, SimXen
+
+
+def _open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def test_version_and_physinfo(sim_host: xenpure.Host, sim_xen: SimXen) -> None:
+    v = sim_host.version()
+    assert (v.major, v.minor, v.extra) == (4, 17, sim_xen.extra)
+    assert str(v) == f"4.17{sim_xen.extra}"
+    assert v.capabilities == sim_xen.capabilities
+    p = sim_host.physinfo()
+    assert p.nr_cpus == sim_xen.nr_cpus
+    assert p.total_pages == sim_xen.total_pages
+    assert p.total_memory_mib == sim_xen.total_pages * 4 // 1024
+    assert "pv" in p.virt_caps and "hvm" in p.virt_caps
+
+
+@pytest.mark.parametrize(("release", "domctl", "sysctl"), [("4.17", 0x15, 0x15), ("4.20", 0x17, 0x15),
+                                                             ("4.21", 0x17, 0x16)])
+def test_probe_picks_the_interface_the_hypervisor_speaks(release: str, domctl: int, sysctl: int) -> None:
+    with xenpure.connect(f"sim://{release}") as host:
+        assert host.interface == Iface(domctl, sysctl)
+        assert [d.id for d in host.domains()] == [0]
+
+
+def test_probe_finds_the_version_even_when_the_release_guess_is_wrong() -> None:
+    xen = SimXen("4.17")
+    xen.minor = 99  # an unknown release that happens to speak 0x15
+    with xenpure.Host(SimKernel(xen)) as host:
+        assert host.interface == Iface(0x15, 0x15)
+
+
+def test_unknown_interface_names_the_known_versions() -> None:
+    xen = SimXen("4.17")
+    xen.iface = Iface(0x99, 0x15)
+    before = _open_fds()
+    with pytest.raises(UnsupportedInterface, match=r"0x15, 0x16, 0x17") as ei:
+        xenpure.Host(SimKernel(xen))
+    assert ei.value.what == "domctl"
+    assert _open_fds() == before
+
+
+def test_domains_and_info(sim_host: xenpure.Host, sim_xen: SimXen) -> None:
+    guest = sim_xen.add_domain(memory_mib=64, vcpus=2)
+    doms = sim_host.domains()
+    assert [d.id for d in doms] == [0, guest.domid]
+    info = sim_host.domain(guest.domid).info()
+    assert info.domid == guest.domid
+    assert info.memory_kib == 64 * 1024 and info.max_memory_kib == 64 * 1024
+    assert info.online_vcpus == 2 and info.max_vcpu_id == 1
+    assert info.uuid == guest.handle
+    assert info.state is DomainState.BLOCKED and info.shutdown_reason is None
+    assert sim_host.domain(0).info().uuid.int == 0
+
+
+def test_many_domains_come_back_in_batches(sim_host: xenpure.Host, sim_xen: SimXen) -> None:
+    for _ in range(150):
+        sim_xen.add_domain()
+    ids = [d.id for d in sim_host.domains()]
+    assert ids == sorted(sim_xen.domains) and len(ids) == 151
+
+
+def test_lookup_by_uuid(sim_host: xenpure.Host, sim_xen: SimXen) -> None:
+    guest = sim_xen.add_domain()
+    assert sim_host.domain(guest.handle).id == guest.domid
+    assert sim_host.domain(str(guest.domid)).id == guest.domid
+
+
+def test_unknown_domain_is_no_such_domain(sim_host: xenpure.Host) -> None:
+    with pytest.raises(NoSuchDomain) as ei:
+        sim_host.domain(42)
+    assert ei.value.errno == errno.ESRCH and ei.value.subop == "getdomaininfo"
+
+
+def test_pause_unpause_changes_state(sim_host: xenpure.Host, sim_xen: SimXen) -> None:
+    d = sim_host.domain(sim_xen.add_domain().domid)
+    d.pause()
+    assert d.info().state is DomainState.PAUSED and d.info().state_letters == "--p---"
+    d.pause()
+    d.unpause()
+    assert d.info().paused  # pauses are counted
+    d.unpause()
+    assert not d.info().paused
+    with pytest.raises(InvalidArgument):
+        d.unpause()
+
+
+def test_remote_shutdown_reports_the_reason(sim_host: xenpure.Host, sim_xen: SimXen) -> None:
+    d = sim_host.domain(sim_xen.add_domain().domid)
+    d.remote_shutdown(ShutdownReason.crash)
+    info = d.info()
+    assert info.crashed and info.state is DomainState.CRASHED and info.shutdown_reason is ShutdownReason.crash
+    assert info.state_letters == "----c-"
+
+
+def test_vcpus(sim_host: xenpure.Host, sim_xen: SimXen) -> None:
+    d = sim_host.domain(sim_xen.add_domain(vcpus=3).domid)
+    assert [v.vcpu for v in d.vcpus()] == [0, 1, 2]
+    assert all(v.online for v in d.vcpus())
+
+
+def test_dmesg(sim_host: xenpure.Host, sim_xen: SimXen) -> None:
+    sim_xen.console += b"(XEN) second line\n" * 2000  # more than one chunk
+    text = sim_host.dmesg(chunk=4096)
+    assert text == sim_xen.console.decode()
+    sim_host.dmesg(clear=True)
+    assert sim_host.dmesg() == ""
+
+
+def test_wrong_interface_version_is_eacces(sim_host: xenpure.Host) -> None:
+    with pytest.raises(AccessDenied) as ei:
+        sim_host.privcmd.domctl(sim_host.interface, DomctlCmd.getdomaininfo, 0, version=0x14)
+    assert isinstance(ei.value, HypercallError) and ei.value.errno == errno.EACCES
+    assert (ei.value.op, ei.value.subop) == ("domctl", "getdomaininfo")
+
+
+def test_bad_address_is_efault(sim_host: xenpure.Host) -> None:
+    with pytest.raises(HypercallError) as ei:
+        sim_host.privcmd.hypercall(Hypercall.domctl, 0xDEAD0000, subop="getdomaininfo")
+    assert ei.value.errno == errno.EFAULT
+
+
+def test_unknown_ioctl_is_enotty(sim_host: xenpure.Host) -> None:
+    with pytest.raises(OSError) as ei:
+        sim_host.privcmd.device.ioctl(0x12345678, bytearray(8))
+    assert ei.value.errno == errno.ENOTTY
+
+
+def test_missing_devices_name_the_paths() -> None:
+    with pytest.raises(DeviceUnavailable) as ei:
+        xenpure.connect(kernel=SimKernel(devices=()))
+    assert ei.value.tried == ("/dev/xen/privcmd", "/proc/xen/privcmd")
+
+
+def test_non_root_is_not_privileged() -> None:
+    with pytest.raises(NotPrivileged, match="/dev/xen/privcmd"):
+        xenpure.connect(kernel=SimKernel(root=False))
+
+
+def test_unprivileged_domain_is_not_privileged() -> None:
+    kernel = SimKernel(privileged=False)
+    with pytest.raises(NotPrivileged, match="EPERM"):
+        xenpure.connect(kernel=kernel)
+    assert not kernel.open_devices and kernel.live_mappings == 0
+
+
+def test_fallback_buffers_when_the_hypercall_device_is_hidden() -> None:
+    kernel = SimKernel(devices=("privcmd", "xenbus"))
+    with xenpure.connect(kernel=kernel) as host:
+        assert kernel.buffer_source == "locked anonymous memory"
+        assert [d.id for d in host.domains()] == [0]
+
+
+def test_oversized_domain_list_is_a_protocol_error(sim_host: xenpure.Host, sim_xen: SimXen) -> None:
+    def lie(subop: str, data: bytes) -> bytes:
+        if subop == "getdomaininfolist" and len(data) < 100:  # the sysctl record, not an entry
+            return data[:16] + (10_000).to_bytes(4, "little") + data[20:]
+        return data
+
+    sim_xen.tamper = lie
+    with pytest.raises(ProtocolError, match="10000 domains"):
+        sim_host.domains()
+
+
+def test_answer_for_another_domain_is_refused(sim_host: xenpure.Host, sim_xen: SimXen) -> None:
+    guest = sim_xen.add_domain()
+    sim_xen.tamper = lambda subop, data: (guest.domid + 1).to_bytes(2, "little") + data[2:]
+    with pytest.raises(NoSuchDomain):
+        sim_host.domain(guest.domid).info()
+
+
+def test_oversized_console_count_is_a_protocol_error(sim_host: xenpure.Host, sim_xen: SimXen) -> None:
+    sim_xen.tamper = lambda subop, data: data[:16] + (1 << 20).to_bytes(4, "little") + data[20:]
+    with pytest.raises(ProtocolError, match="readconsole"):
+        sim_host.dmesg()
+
+
+def test_nothing_leaks(sim_xen: SimXen) -> None:
+    before = _open_fds()
+    kernel = SimKernel(sim_xen)
+    for _ in range(20):
+        with xenpure.connect(kernel=kernel) as host:
+            host.domains()
+            host.physinfo()
+            with pytest.raises(NoSuchDomain):
+                host.domain(77)
+    assert kernel.live_mappings == 0
+    assert not kernel.open_devices
+    assert _open_fds() == before
