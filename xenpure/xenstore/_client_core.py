@@ -1,0 +1,201 @@
+"""The client side of the xenstore protocol, without I/O.
+
+Rule 1: this object never reads or writes anything. ``send(request)`` returns the bytes to write,
+``receive_data(bytes)`` takes what was read (``b""`` for end of stream), ``next_event()`` hands out
+``Reply``/``ErrorReply``/``WatchEvent``/``Closed`` events or ``None`` when it needs more bytes. The sync and
+asyncio clients only move bytes between a ``Device`` and this object.
+
+Request ids are per connection (no global counter): each ``ClientCore`` numbers its requests from 1, wraps
+at 2**32, and never reuses an id still outstanding. Any number of requests may be outstanding (pipelining);
+replies are matched strictly by ``req_id``: a reply to an id we did not send, or of another type than the
+request, is a ``ProtocolError``. Watch events (``req_id`` 0, type WATCH_EVENT) are never confused with
+replies. A ``ProtocolError`` breaks the core for good (a byte stream cannot be resynchronised): every later
+call raises it again.
+
+Every message is logged decoded at DEBUG on logger ``xenpure.xenstore``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from ..errors import ConnectionClosed, ProtocolError, XenstoreError
+from ._wire import Framer, Message, Request, XsType, parse_error, parse_watch_event
+
+__all__ = ["ClientCore", "Closed", "ErrorReply", "Event", "Reply", "WatchEvent"]
+
+log = logging.getLogger("xenpure.xenstore")
+
+T = TypeVar("T")
+
+_ID_MOD = 2**32
+
+
+@dataclass(frozen=True)
+class Reply(Generic[T]):
+    """A successful reply; ``value`` is decoded by the request's type (bytes for READ...)."""
+
+    req_id: int
+    tx_id: int
+    request: Request[T]
+    value: T
+
+
+@dataclass(frozen=True)
+class ErrorReply:
+    """xenstored answered ``request`` with ERROR ``error`` (an errno name such as ``"ENOENT"``)."""
+
+    req_id: int
+    tx_id: int
+    request: Request[Any]
+    error: str
+
+    def exception(self) -> XenstoreError:
+        """The errno-named ``XenstoreError`` subclass for this error."""
+        return XenstoreError.from_reply(
+            self.error, self.request.TYPE.name, getattr(self.request, "path", None)
+        )
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    """A watch fired: ``path`` changed (or is the watched path itself); ``token`` is the one WATCH gave."""
+
+    path: str
+    token: str
+
+
+@dataclass(frozen=True)
+class Closed:
+    """The other side closed the stream. ``outstanding`` requests will never be answered."""
+
+    outstanding: tuple[Request[Any], ...]
+
+
+Event = Reply[Any] | ErrorReply | WatchEvent | Closed
+
+
+def _short(value: object, limit: int = 200) -> str:
+    r = repr(value)
+    return r if len(r) <= limit else r[:limit] + "..."
+
+
+class ClientCore:
+    """One connection's protocol state: request ids, outstanding requests, and a framer."""
+
+    def __init__(self) -> None:
+        self._framer = Framer()
+        self._next_id = 1
+        self._pending: dict[int, tuple[Request[Any], int]] = {}
+        self._abandoned: set[int] = set()
+        self._closed = False
+        self._error: ProtocolError | None = None
+
+    @property
+    def outstanding(self) -> int:
+        """How many requests have been sent and not yet answered (abandoned ones included)."""
+        return len(self._pending)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def send(self, request: Request[Any], *, tx_id: int = 0) -> bytes:
+        """Give ``request`` the next free id of this connection; return the bytes to write.
+
+        Raises ``XenstoreInvalid``/``TooBig`` (and sends nothing) if the request breaks a protocol limit,
+        ``ConnectionClosed`` after the end of the stream, ``ProtocolError`` if the core is broken.
+        """
+        if self._error is not None:
+            raise self._error
+        if self._closed:
+            raise ConnectionClosed(f"cannot send {request.TYPE.name}: the connection is closed")
+        if not 0 <= tx_id < _ID_MOD:
+            raise ValueError(f"tx_id {tx_id} is not a uint32")
+        if len(self._pending) >= _ID_MOD - 1:
+            raise ProtocolError("no free request id left on this connection")
+        req_id = self._next_id
+        while req_id in self._pending or req_id == 0:
+            req_id = (req_id + 1) % _ID_MOD
+        data = request.encode(req_id, tx_id)  # raises before any state changes
+        self._next_id = (req_id + 1) % _ID_MOD
+        self._pending[req_id] = (request, tx_id)
+        log.debug("-> %s req_id=%d tx_id=%d %s", request.TYPE.name, req_id, tx_id, _short(request))
+        return data
+
+    def abandon(self, request: Request[Any]) -> None:
+        """Forget the caller waiting for ``request`` (it timed out): its reply, when it comes, is dropped."""
+        for req_id, (r, _) in self._pending.items():
+            if r is request:
+                self._abandoned.add(req_id)
+                return
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes read from the connection; ``b""`` means the other side closed it."""
+        if self._error is not None:
+            raise self._error
+        self._framer.receive_data(data)
+
+    def next_event(self) -> Event | None:
+        """The next event, or ``None`` until more bytes are received."""
+        if self._error is not None:
+            raise self._error
+        try:
+            return self._next_event()
+        except ProtocolError as e:
+            self._error = e
+            raise
+
+    def _next_event(self) -> Event | None:
+        while True:
+            if self._closed:
+                return None
+            msg = self._framer.next_message()
+            if msg is None:
+                if self._framer.closed:
+                    self._closed = True
+                    lost = tuple(r for i, (r, _) in self._pending.items() if i not in self._abandoned)
+                    log.debug("<- end of stream (%d requests outstanding)", len(self._pending))
+                    return Closed(lost)
+                return None
+            ev = self._decode(msg)
+            if ev is not None:
+                return ev
+
+    def _decode(self, msg: Message) -> Event | None:
+        if msg.type is XsType.WATCH_EVENT:
+            path, token = parse_watch_event(msg.payload)
+            log.debug("<- WATCH_EVENT path=%r token=%r", path, token)
+            return WatchEvent(path, token)
+        entry = self._pending.pop(msg.req_id, None)
+        if entry is None:
+            raise ProtocolError(
+                f"xenstored sent {msg.type.name} for req_id {msg.req_id}, which this connection never sent "
+                "(or which was already answered)"
+            )
+        request, _ = entry
+        abandoned = msg.req_id in self._abandoned
+        self._abandoned.discard(msg.req_id)
+        if msg.type is XsType.ERROR:
+            error = parse_error(msg.payload)
+            log.debug(
+                "<- ERROR req_id=%d tx_id=%d %s (for %s)", msg.req_id, msg.tx_id, error, request.TYPE.name
+            )
+            event: Event = ErrorReply(msg.req_id, msg.tx_id, request, error)
+        elif msg.type is not request.TYPE:
+            raise ProtocolError(
+                f"xenstored answered {request.TYPE.name} req_id {msg.req_id} with a {msg.type.name} message"
+            )
+        else:
+            try:
+                value = request.parse_reply(msg.payload)
+            except ProtocolError as e:
+                raise ProtocolError(f"bad reply to {request.TYPE.name} req_id {msg.req_id}: {e}") from None
+            log.debug("<- %s req_id=%d tx_id=%d %s", msg.type.name, msg.req_id, msg.tx_id, _short(value))
+            event = Reply(msg.req_id, msg.tx_id, request, value)
+        if abandoned:
+            log.debug("   (dropped: its caller gave up waiting)")
+            return None
+        return event
