@@ -45,7 +45,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         return 0
     print(f"{'Name':<40}{'ID':>5}{'Mem':>7}{'VCPUs':>6}{'State':>10}{'Time(s)':>10}")
     for r in rows:
-        print(f"{(r['name'] or '(null)'):<40}{r['id']:>5}{r['mem_mib']:>7}{r['vcpus']:>6}{r['state']:>10}{r['time_s']:>10}")
+        name = r["name"] or "(null)"
+        print(f"{name:<40}{r['id']:>5}{r['mem_mib']:>7}{r['vcpus']:>6}{r['state']:>10}{r['time_s']:>10}")
     return 0
 
 
@@ -114,7 +115,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_info)
 
-    for verb, text in (("pause", "pause a domain (libvirt: suspend)"), ("unpause", "unpause a domain (libvirt: resume)")):
+    verbs = (("pause", "pause a domain (libvirt: suspend)"), ("unpause", "unpause a domain (libvirt: resume)"))
+    for verb, text in verbs:
         s = sub.add_parser(verb, help=text)
         s.add_argument("domain", help="domain id or name")
         s.set_defaults(func=lambda a, v=verb: _one_domain(a, v))

@@ -10,6 +10,7 @@ import errno
 import logging
 import uuid as _uuid
 from collections.abc import Iterator
+from itertools import pairwise
 from typing import Any
 
 from ..errors import NoSuchDomain, ProtocolError
@@ -112,7 +113,7 @@ class Host:
             rec, tail = self._privcmd.sysctl(
                 self.interface,
                 SysctlCmd.readconsole,
-                lambda addr: {"incremental": 1, "index": index, "buffer": addr, "count": chunk},
+                lambda addr, index=index: {"incremental": 1, "index": index, "buffer": addr, "count": chunk},
                 extra=chunk,
             )
             n = int(rec.count)
@@ -135,16 +136,14 @@ class Host:
             rec, tail = self._privcmd.sysctl(
                 self.interface,
                 SysctlCmd.getdomaininfolist,
-                lambda addr: {"first_domain": first, "max_domains": _BATCH, "buffer": addr},
+                lambda addr, first=first: {"first_domain": first, "max_domains": _BATCH, "buffer": addr},
                 extra=_BATCH * lay.size,
             )
             n = int(rec.num_domains)
             if n > _BATCH:
                 raise ProtocolError(f"getdomaininfolist returned {n} domains for a buffer of {_BATCH}")
             batch = [DomainInfo.from_record(lay.parse(tail[i * lay.size : (i + 1) * lay.size])) for i in range(n)]
-            if any(d.domid < first for d in batch) or any(
-                a.domid >= b.domid for a, b in zip(batch, batch[1:], strict=False)
-            ):
+            if any(d.domid < first for d in batch) or any(a.domid >= b.domid for a, b in pairwise(batch)):
                 raise ProtocolError(f"getdomaininfolist returned domain ids out of order from {first}")
             out.extend(batch)
             if n < _BATCH:
@@ -215,7 +214,7 @@ class Domain:
 
         Raises ``NoSuchDomain`` if the domain does not exist.
         """
-        echoed, rec, _ = self.host._domctl(DomctlCmd.getdomaininfo, self.id)
+        _, rec, _ = self.host._domctl(DomctlCmd.getdomaininfo, self.id)
         info = DomainInfo.from_record(rec)
         if info.domid != self.id:
             # Some releases answer with the next domain up; that is not the one asked for.

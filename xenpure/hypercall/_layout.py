@@ -21,7 +21,8 @@ import keyword
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum, IntFlag
-from typing import Any, Union as _TUnion
+from typing import Any
+from typing import Union as _TUnion
 
 import construct as cs
 
@@ -288,7 +289,7 @@ def _con(t: Type, iface: Iface | None) -> Any:
     return cs.FixedSized(size, cs.Union(None, *[m.name / _con(m.type, iface) for m in t.members], raw))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _materialise(decl: Decl, iface: Iface | None) -> Layout:
     version = iface.of(decl.family) if iface else None
     subcons: list[Any] = []

@@ -188,7 +188,7 @@ class _Header:
             self.domain = int.from_bytes(reply[off : off + 2], "little")
 
 
-def _brief(lay: Layout | None, data: bytes) -> str:
+def _brief(lay: Layout | None, data: bytes | bytearray) -> str:
     if lay is None:
         return ""
     try:

@@ -26,7 +26,7 @@ from types import TracebackType
 
 from ..errors import DeviceUnavailable, NotPrivileged, XenError
 
-__all__ = ["DEVICE_DIRS", "LinuxKernel", "LinuxDevice", "LinuxMapping"]
+__all__ = ["DEVICE_DIRS", "LinuxDevice", "LinuxKernel", "LinuxMapping"]
 
 log = logging.getLogger("xenpure.kernel")
 

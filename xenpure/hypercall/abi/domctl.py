@@ -14,7 +14,6 @@ from .arch_x86 import ARCH_DOMAINCONFIG
 from .xen import XENCTL_BITMAP
 
 __all__ = [
-    "payload_member",
     "ADDRESS_SIZE",
     "CREATEDOMAIN",
     "DOMCTL",
@@ -27,9 +26,10 @@ __all__ = [
     "VCPUAFFINITY",
     "VCPUCONTEXT",
     "CreateFlag",
-    "DomctlCmd",
     "DomInfoFlag",
+    "DomctlCmd",
     "VcpuAffinityFlag",
+    "payload_member",
 ]
 
 #: Every domctl interface version xenpure has declarations for.

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import IntEnum
 
-from .._layout import Array, Constants, Decl, F, constants_registry, handle, i32, u16, u32, u64
+from .._layout import Array, Constants, Decl, F, constants_registry, handle, u16, u32, u64
 
 __all__ = [
     "IOCTLS",

@@ -11,7 +11,6 @@ from enum import IntEnum, IntFlag
 from .._layout import Array, Constants, Decl, F, Union, constants_registry, handle, u8, u16, u32, u64
 
 __all__ = [
-    "sysctl_member",
     "GETDOMAININFOLIST",
     "PHYSINFO",
     "READCONSOLE",
@@ -19,6 +18,7 @@ __all__ = [
     "SYSCTL_VERSIONS",
     "PhysCap",
     "SysctlCmd",
+    "sysctl_member",
 ]
 
 #: Every sysctl interface version xenpure has declarations for.
