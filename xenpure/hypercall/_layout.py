@@ -224,11 +224,14 @@ class Layout:
     def build(self, values: Mapping[str, Any] | None = None, /, **kw: Any) -> bytes:
         """Encode ``values`` (missing members are zero) to exactly ``size`` bytes."""
         merged = dict(values or {}, **kw)
-        merged.pop("_io", None)  # construct's bookkeeping key in a parsed Container
+        for k in _CONSTRUCT_KEYS & merged.keys():
+            del merged[k]  # construct's bookkeeping in a parsed Container
         unknown = set(merged) - set(self.offsets)
         if unknown:
             raise TypeError(f"struct {self.cname} has no member(s) {sorted(unknown)}")
-        data: bytes = self.struct.build(_fill(self, merged))
+        if not merged:
+            return bytes(self.size)  # every member zero encodes as zero bytes
+        data: bytes = self._codec.build(_fill(self, merged))
         return data
 
     def parse(self, data: bytes | bytearray | memoryview) -> cs.Container:
@@ -239,7 +242,13 @@ class Layout:
         """
         if len(data) < self.size:
             raise ProtocolError(f"struct {self.cname} needs {self.size} bytes, got {len(data)}")
-        return self.struct.parse(bytes(data[: self.size]))
+        return self._codec.parse(bytes(data[: self.size]))
+
+    @functools.cached_property
+    def _codec(self) -> Any:
+        # construct's compiled form of the same Struct: generated from our declaration (never from input),
+        # and several times faster on the hypercall path.
+        return self.struct.compile()
 
     def offsetof(self, path: str) -> int:
         """``offsetof(struct cname, path)`` for a dotted member path."""
@@ -349,6 +358,10 @@ def _fill(lay: Layout, values: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: Keys construct adds to the Containers it parses (more of them in its compiled form): never members.
+_CONSTRUCT_KEYS = frozenset({"_io", "_params", "_root", "_parsing", "_building", "_sizing", "_subcons", "_stream"})
+
+
 def _zero_fill(t: Type, v: Any, iface: Iface | None) -> Any:
     if isinstance(t, CType):
         return 0 if v is None else v
@@ -367,12 +380,11 @@ def _zero_fill(t: Type, v: Any, iface: Iface | None) -> Any:
         lay = t.layout(iface)
         return _fill(lay, v or {})
     # A union: build the single member named, or zeroes.
-    given = dict(v or {})
+    given = {k: x for k, x in dict(v or {}).items() if k not in _CONSTRUCT_KEYS}
     if "_raw" in given:
         # A union as parse() returned it (every member's view plus the raw bytes): keep the bytes, unless
         # the caller changed one member's view since, which then is the member built.
         raw = bytes(given.pop("_raw"))
-        given.pop("_io", None)
         before = _con(t, iface).parse(raw)
         given = {k: x for k, x in given.items() if before.get(k) != x}
         if not given:
