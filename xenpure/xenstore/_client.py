@@ -1,0 +1,426 @@
+"""The blocking xenstore client: a ``ClientCore`` driven over a ``Device`` from the kernel seam.
+
+Rule 1: this module only moves bytes. Which request a call sends, how its reply is decoded and what an error
+means is decided by ``_ops`` and ``_client_core``, the same code the asyncio client runs; here we write
+what the core returns, wait (with a deadline) for the descriptor to become readable, and feed what we read.
+
+Every blocking call takes ``timeout`` (seconds; ``None`` means the client's default) and raises ``Timeout``
+when it runs out; a reply that arrives after its caller gave up is dropped, so the connection stays usable.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import selectors
+import threading
+import time
+from collections.abc import Callable, Iterator
+from types import TracebackType
+from typing import Any, TypeVar
+
+from ..errors import (
+    ConnectionClosed,
+    DeviceUnavailable,
+    NotPrivileged,
+    Timeout,
+    TransactionConflict,
+    XenstoreError,
+)
+from ..kernel import Device, Kernel
+from . import _ops
+from ._client_core import ClientCore, Closed, ErrorReply, Reply, WatchEvent
+from ._wire import (
+    Control,
+    GetDomainPath,
+    GetFeature,
+    GetPerms,
+    GetQuota,
+    Introduce,
+    IsDomainIntroduced,
+    ListQuotas,
+    Mkdir,
+    Perm,
+    Read,
+    Release,
+    Request,
+    ResetWatches,
+    Resume,
+    Rm,
+    SetFeature,
+    SetPerms,
+    SetQuota,
+    SetTarget,
+    TransactionEnd,
+    TransactionStart,
+    Unwatch,
+    Watch,
+    Write,
+)
+
+__all__ = ["DEFAULT_SOCKET", "DEFAULT_TIMEOUT", "Client", "Transaction", "socket_candidates"]
+
+log = logging.getLogger("xenpure.xenstore")
+
+T = TypeVar("T")
+
+#: Where xenstored listens when ``$XENSTORED_PATH`` does not say otherwise.
+DEFAULT_SOCKET = "/run/xenstored/socket"
+#: Seconds a call waits for its reply unless told otherwise.
+DEFAULT_TIMEOUT = 30.0
+#: How many times ``retry`` runs a transaction that keeps conflicting.
+DEFAULT_ATTEMPTS = 16
+
+_READ_SIZE = 65536
+
+
+def socket_candidates(path: str | None = None) -> list[str]:
+    """The Unix sockets ``open`` tries, in order: ``path`` alone if given, else ``$XENSTORED_PATH`` and
+    /run/xenstored/socket."""
+    if path is not None:
+        return [path]
+    out = []
+    env = os.environ.get("XENSTORED_PATH")
+    if env:
+        out.append(env)
+    if DEFAULT_SOCKET not in out:
+        out.append(DEFAULT_SOCKET)
+    return out
+
+
+def open_device(kernel: Kernel, path: str | None = None) -> Device:
+    """xenstored's Unix socket (see ``socket_candidates``), else the xenbus device (/dev/xen/xenbus, then
+    /proc/xen/xenbus). Raises ``DeviceUnavailable`` naming everything tried, or ``NotPrivileged``."""
+    tried: list[str] = []
+    denied: NotPrivileged | None = None
+    for p in socket_candidates(path):
+        try:
+            return kernel.connect_socket(p)
+        except DeviceUnavailable as e:
+            tried.extend(e.tried)
+        except NotPrivileged as e:
+            denied = denied or e
+            tried.append(p)
+    if path is not None:
+        if denied is not None:
+            raise denied
+        raise DeviceUnavailable("xenstored socket", tried)
+    try:
+        return kernel.open("xenbus")
+    except DeviceUnavailable as e:
+        if denied is not None:
+            raise denied from e
+        raise DeviceUnavailable("xenstore (xenstored socket or xenbus device)", [*tried, *e.tried]) from e
+
+
+class _NodeOps:
+    """The calls that work both on a connection and inside a transaction."""
+
+    _tx_id: int = 0
+
+    def _run(self, proc: _ops.Proc[T], timeout: float | None) -> T:
+        raise NotImplementedError
+
+    def read(self, path: str, *, timeout: float | None = None) -> bytes:
+        """The value at ``path`` (XS_READ). Raises ``NoEntry`` if there is no such node, ``PermissionDenied``
+        if we may not read it."""
+        return self._run(_ops.call(Read(path), self._tx_id), timeout)
+
+    def write(self, path: str, value: bytes | str, *, timeout: float | None = None) -> None:
+        """Set the value at ``path`` (XS_WRITE), creating missing parents with empty values. ``str`` values
+        are written UTF-8 encoded. Raises ``PermissionDenied``, ``NoSpace`` (quota), ``XenstoreInvalid``."""
+        data = value.encode() if isinstance(value, str) else bytes(value)
+        self._run(_ops.call(Write(path, data), self._tx_id), timeout)
+
+    def mkdir(self, path: str, *, timeout: float | None = None) -> None:
+        """Make sure ``path`` exists (XS_MKDIR); an existing value is left alone."""
+        self._run(_ops.call(Mkdir(path), self._tx_id), timeout)
+
+    def rm(self, path: str, *, timeout: float | None = None) -> None:
+        """Remove ``path`` and everything below it (XS_RM). A missing node is fine; a missing parent raises
+        ``NoEntry``."""
+        self._run(_ops.call(Rm(path), self._tx_id), timeout)
+
+    def directory(self, path: str, *, timeout: float | None = None) -> tuple[str, ...]:
+        """The names of ``path``'s children (XS_DIRECTORY; XS_DIRECTORY_PART when the list is over 4096
+        bytes and xenstored supports it, else ``TooBig``)."""
+        return self._run(_ops.directory(path, self._tx_id), timeout)
+
+    def get_perms(self, path: str, *, timeout: float | None = None) -> tuple[Perm, ...]:
+        """The permissions of ``path`` (XS_GET_PERMS): owner first."""
+        return self._run(_ops.call(GetPerms(path), self._tx_id), timeout)
+
+    def set_perms(self, path: str, perms: tuple[Perm, ...] | list[Perm], *, timeout: float | None = None) -> None:
+        """Replace the permissions of ``path`` (XS_SET_PERMS); the first entry names the owner. Only the
+        owner may do this, and only a privileged domain may change the owner."""
+        self._run(_ops.call(SetPerms(path, tuple(perms)), self._tx_id), timeout)
+
+
+class Transaction(_NodeOps):
+    """A xenstore transaction (XS_TRANSACTION_START .. XS_TRANSACTION_END) on a ``Client``.
+
+    Use it as a context manager: it commits when the block ends normally (``TransactionConflict`` if another
+    writer got in first: run the whole block again, or use ``Client.retry``) and aborts if the block raises.
+    """
+
+    def __init__(self, client: Client, timeout: float | None = None) -> None:
+        self._client = client
+        self._timeout = timeout
+        self._tx_id = 0
+        self._done = False
+
+    @property
+    def tx_id(self) -> int:
+        """The id xenstored gave this transaction (0 before it starts)."""
+        return self._tx_id
+
+    def _run(self, proc: _ops.Proc[T], timeout: float | None) -> T:
+        if self._tx_id == 0 or self._done:
+            raise RuntimeError("the transaction is not active (use it inside `with client.transaction()`)")
+        return self._client._run(proc, self._timeout if timeout is None else timeout)
+
+    def start(self) -> Transaction:
+        if self._tx_id != 0:
+            raise RuntimeError("the transaction has already started")
+        self._tx_id = self._client._run(_ops.call(TransactionStart()), self._timeout)
+        return self
+
+    def commit(self, *, timeout: float | None = None) -> None:
+        """XS_TRANSACTION_END T: raises ``TransactionConflict`` (EAGAIN) if another writer got in first."""
+        self._end(True, timeout)
+
+    def abort(self, *, timeout: float | None = None) -> None:
+        """XS_TRANSACTION_END F: throw the transaction's changes away."""
+        self._end(False, timeout)
+
+    def _end(self, commit: bool, timeout: float | None) -> None:
+        self._run(_ops.call(TransactionEnd(commit), self._tx_id), timeout)
+        self._done = True
+
+    def __enter__(self) -> Transaction:
+        return self.start()
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        if self._done:
+            return
+        if t is None:
+            self.commit()
+            return
+        try:
+            self.abort()
+        except (XenstoreError, Timeout) as err:  # the original exception matters more
+            log.debug("abort of transaction %d failed: %s", self._tx_id, err)
+        finally:
+            self._done = True
+
+
+class Client(_NodeOps):
+    """A connection to xenstored, over its Unix socket or the xenbus device.
+
+    ``Client.open(kernel)`` finds one; ``Client(device)`` wraps a ``Device`` you opened. Use it as a context
+    manager (or call ``close``). One thread at a time issues calls (a lock serialises them).
+    """
+
+    def __init__(self, device: Device, *, timeout: float | None = DEFAULT_TIMEOUT) -> None:
+        self.device = device
+        self.timeout = timeout
+        self._core = ClientCore()
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(device.fileno(), selectors.EVENT_READ)
+        self._events: dict[int, Reply[Any] | ErrorReply] = {}
+        self._watch_events: collections.deque[WatchEvent] = collections.deque()
+        self._closed_event: Closed | None = None
+        self._lock = threading.RLock()
+        self._is_closed = False
+
+    @classmethod
+    def open(cls, kernel: Kernel, *, path: str | None = None, timeout: float | None = DEFAULT_TIMEOUT) -> Client:
+        """Connect to xenstored: its Unix socket (``path``, else ``$XENSTORED_PATH``, else
+        /run/xenstored/socket), else the xenbus device (/dev/xen/xenbus, /proc/xen/xenbus).
+
+        Raises ``DeviceUnavailable`` naming everything tried, or ``NotPrivileged``.
+        """
+        dev = open_device(kernel, path)
+        log.debug("xenstore client on %s", dev.path)
+        return cls(dev, timeout=timeout)
+
+    # -- the byte pump ----------------------------------------------------------------------------------
+
+    def _deadline(self, timeout: float | None) -> float | None:
+        t = self.timeout if timeout is None else timeout
+        return None if t is None else time.monotonic() + t
+
+    def _pump(self, deadline: float | None, waiting_for: str) -> None:
+        """Wait for bytes (until ``deadline``), feed them to the core, and file the events it returns."""
+        if self._closed_event is not None:
+            raise ConnectionClosed(f"xenstored closed the connection; {waiting_for} will not come")
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if not self._selector.select(remaining):
+            raise Timeout(f"no {waiting_for} from xenstored on {self.device.path} within the timeout")
+        data = self.device.read(_READ_SIZE)
+        self._core.receive_data(data)
+        while (ev := self._core.next_event()) is not None:
+            if isinstance(ev, WatchEvent):
+                self._watch_events.append(ev)
+            elif isinstance(ev, Closed):
+                self._closed_event = ev
+            else:
+                self._events[id(ev.request)] = ev
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            n = self.device.write(bytes(view))
+            view = view[n:]
+
+    def _roundtrip(self, request: Request[Any], tx_id: int, deadline: float | None) -> Reply[Any] | ErrorReply:
+        if self._is_closed:
+            raise ConnectionClosed("the client is closed")
+        self._write(self._core.send(request, tx_id=tx_id))
+        key = id(request)
+        try:
+            while key not in self._events:
+                self._pump(deadline, f"reply to {request.TYPE.name}")
+        except Timeout:
+            self._core.abandon(request)
+            raise
+        return self._events.pop(key)
+
+    def _run(self, proc: _ops.Proc[T], timeout: float | None) -> T:
+        deadline = self._deadline(timeout)
+        with self._lock:
+            return _ops.run_sync(proc, lambda req, tx: self._roundtrip(req, tx, deadline))
+
+    # -- watches ----------------------------------------------------------------------------------------
+
+    def watch(self, path: str, token: str, *, depth: int | None = None, timeout: float | None = None) -> None:
+        """Register a watch (XS_WATCH) on ``path`` (or ``@introduceDomain``/``@releaseDomain``).
+
+        xenstored fires it once straight away, then on every change at or below ``path`` (``depth`` limits
+        how far below, where xenstored supports it). Events are collected with ``next_watch_event`` or
+        ``watch_events``.
+        """
+        self._run(_ops.call(Watch(path, token, depth)), timeout)
+
+    def unwatch(self, path: str, token: str, *, timeout: float | None = None) -> None:
+        """Remove a watch (XS_UNWATCH). Raises ``NoEntry`` if there is no such watch."""
+        self._run(_ops.call(Unwatch(path, token)), timeout)
+
+    def reset_watches(self, *, timeout: float | None = None) -> None:
+        """Drop every watch and transaction of this connection (XS_RESET_WATCHES)."""
+        self._run(_ops.call(ResetWatches()), timeout)
+        self._watch_events.clear()
+
+    def next_watch_event(self, *, timeout: float | None = None) -> WatchEvent:
+        """The next watch event (queued ones first). Raises ``Timeout`` if none comes in time."""
+        deadline = self._deadline(timeout)
+        with self._lock:
+            while not self._watch_events:
+                self._pump(deadline, "watch event")
+            return self._watch_events.popleft()
+
+    def watch_events(self, *, timeout: float | None = None) -> Iterator[WatchEvent]:
+        """Watch events as they come; raises ``Timeout`` when none arrives within ``timeout`` of the last."""
+        while True:
+            yield self.next_watch_event(timeout=timeout)
+
+    # -- transactions -----------------------------------------------------------------------------------
+
+    def transaction(self, *, timeout: float | None = None) -> Transaction:
+        """A transaction, started when its ``with`` block is entered (see ``Transaction``)."""
+        return Transaction(self, timeout)
+
+    def retry(
+        self, fn: Callable[[Transaction], T], *, attempts: int = DEFAULT_ATTEMPTS, timeout: float | None = None
+    ) -> T:
+        """Run ``fn(tx)`` in a transaction, again from the start while the commit raises
+        ``TransactionConflict`` (EAGAIN), at most ``attempts`` times; return what ``fn`` returned."""
+        for attempt in range(1, attempts + 1):
+            try:
+                with self.transaction(timeout=timeout) as tx:
+                    result = fn(tx)
+                return result
+            except TransactionConflict:
+                if attempt == attempts:
+                    raise
+                log.debug("transaction conflict, attempt %d of %d: running it again", attempt, attempts)
+        raise AssertionError("unreachable")
+
+    # -- domains ----------------------------------------------------------------------------------------
+
+    def introduce(self, domid: int, gfn: int, evtchn: int, *, timeout: float | None = None) -> None:
+        """Tell xenstored to serve ``domid`` through its ring page ``gfn`` and event channel ``evtchn``
+        (XS_INTRODUCE; dom0 only). Fires ``@introduceDomain``."""
+        self._run(_ops.call(Introduce(domid, gfn, evtchn)), timeout)
+
+    def release(self, domid: int, *, timeout: float | None = None) -> None:
+        """Tell xenstored to forget ``domid`` (XS_RELEASE; dom0 only). Fires ``@releaseDomain``."""
+        self._run(_ops.call(Release(domid)), timeout)
+
+    def resume(self, domid: int, *, timeout: float | None = None) -> None:
+        """Re-arm ``@releaseDomain`` for ``domid`` after it was resumed (XS_RESUME; dom0 only)."""
+        self._run(_ops.call(Resume(domid)), timeout)
+
+    def get_domain_path(self, domid: int, *, timeout: float | None = None) -> str:
+        """``/local/domain/<domid>``, as xenstored computes it (XS_GET_DOMAIN_PATH)."""
+        return self._run(_ops.call(GetDomainPath(domid)), timeout)
+
+    def is_domain_introduced(self, domid: int, *, timeout: float | None = None) -> bool:
+        """Whether xenstored serves ``domid`` (XS_IS_DOMAIN_INTRODUCED)."""
+        return self._run(_ops.call(IsDomainIntroduced(domid)), timeout)
+
+    def set_target(self, domid: int, target: int, *, timeout: float | None = None) -> None:
+        """Let ``domid`` act on ``target``'s nodes as if it were privileged (XS_SET_TARGET; dom0 only)."""
+        self._run(_ops.call(SetTarget(domid, target)), timeout)
+
+    # -- xenstored itself -------------------------------------------------------------------------------
+
+    def control(self, command: str, *args: bytes | str, timeout: float | None = None) -> bytes:
+        """XS_CONTROL ``command`` (``"check"``, ``"help"``, ``"log"``...): implementation-defined, optional.
+        Raises ``XenstoreNotSupported`` if this xenstored has no CONTROL."""
+        a = tuple(x.encode() if isinstance(x, str) else bytes(x) for x in args)
+        return self._run(_ops.optional(Control(command, a)), timeout)
+
+    def get_feature(self, domid: int | None = None, *, timeout: float | None = None) -> int:
+        """The feature bitmap of ``domid``'s ring (or what xenstored supports, without ``domid``)
+        (XS_GET_FEATURE, Xen >= 4.21). Raises ``XenstoreNotSupported`` on older xenstoreds."""
+        return self._run(_ops.optional(GetFeature(domid), since="Xen 4.21"), timeout)
+
+    def set_feature(self, domid: int, value: int, *, timeout: float | None = None) -> None:
+        """Set ``domid``'s feature bitmap before it is introduced (XS_SET_FEATURE, Xen >= 4.21; dom0 only)."""
+        self._run(_ops.optional(SetFeature(domid, value), since="Xen 4.21"), timeout)
+
+    def get_quota(self, quota: str, domid: int | None = None, *, timeout: float | None = None) -> int:
+        """Quota ``quota`` (``"nodes"``, ``"watches"``...) of ``domid``, or the global default
+        (XS_GET_QUOTA, Xen >= 4.21; dom0 only). 0 means unlimited."""
+        return self._run(_ops.optional(GetQuota(quota, domid), since="Xen 4.21"), timeout)
+
+    def quota_names(self, *, timeout: float | None = None) -> tuple[str, ...]:
+        """The quota names this xenstored knows (XS_GET_QUOTA without argument, Xen >= 4.21)."""
+        return self._run(_ops.optional(ListQuotas(), since="Xen 4.21"), timeout)
+
+    def set_quota(self, quota: str, value: int, domid: int | None = None, *, timeout: float | None = None) -> None:
+        """Set quota ``quota`` of ``domid`` (or the global default) (XS_SET_QUOTA, Xen >= 4.21; dom0 only)."""
+        self._run(_ops.optional(SetQuota(quota, value, domid), since="Xen 4.21"), timeout)
+
+    # -- lifetime ---------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the connection (xenstored drops our watches and open transactions). Idempotent."""
+        if self._is_closed:
+            return
+        self._is_closed = True
+        try:
+            self._selector.close()
+        finally:
+            self.device.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<xenstore Client on {self.device.path}>"
