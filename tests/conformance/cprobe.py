@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 import subprocess
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,21 +45,42 @@ SHIM_XEN_H = """\
 
 @dataclass(frozen=True)
 class Check:
-    """One thing to measure: ``key`` names it for reports, ``expr`` are the C expressions printed for it,
-    ``expect`` is what the catalogue says each of them is."""
+    """One thing to measure. ``key`` names it: ``(cname, "")`` for a record, ``(cname, path)`` for a member,
+    ``("constants" | "ioctls", macro)``; ``header`` is the catalogue's header it comes from; ``expr`` are the
+    C expressions printed for it and ``expect`` what the catalogue says each of them is."""
 
     key: tuple[str, str]
+    header: str
     expr: Mapping[str, str]
     expect: Mapping[str, int]
 
 
 @dataclass
 class Probe:
-    """What gcc said: measured values by check key, and gcc's message for checks that did not compile."""
+    """What gcc said about ``checks``: measured values by check key, gcc's message for those that did not
+    compile, and the generated source (kept, for reading)."""
 
+    source: Path
+    checks: list[Check]
     values: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
     errors: dict[tuple[str, str], str] = field(default_factory=dict)
-    source: Path | None = None
+
+    def mismatches(self, chk: Check) -> list[str]:
+        """One line per difference between the catalogue and gcc for ``chk``; empty when they agree."""
+        group, name = chk.key
+        what = f"{group}: {name}" if name and group not in ("constants", "ioctls") else (name or group)
+        if chk.key in self.errors:
+            return [f"{what}: does not compile against the headers: {self.errors[chk.key]}"]
+        got = self.values[chk.key]
+        return [
+            f"{what}: {field}: ours {_fmt(field, want)}, gcc {_fmt(field, got[field])}"
+            for field, want in chk.expect.items()
+            if want != got[field]
+        ]
+
+    def differences(self, where: Callable[[Check], bool] = lambda chk: True) -> list[str]:
+        """Every mismatch of the checks ``where`` selects, in catalogue order."""
+        return [line for chk in self.checks if where(chk) for line in self.mismatches(chk)]
 
 
 def c_header(header: str) -> str:
@@ -70,7 +91,7 @@ def c_header(header: str) -> str:
     return f"xen/{header}"
 
 
-def _member_check(cname: str, m: Mapping[str, Any], tagged: set[str]) -> Check:
+def _member_check(cname: str, header: str, m: Mapping[str, Any], tagged: set[str]) -> Check:
     path, ctype = m["path"], m["ctype"]
     lvalue = f"((({cname} *)0)->{path})"
     expr = {"offset": f"offsetof({cname}, {path})", "size": f"sizeof({lvalue})"}
@@ -97,7 +118,7 @@ def _member_check(cname: str, m: Mapping[str, Any], tagged: set[str]) -> Check:
         expr[f"is a {kind}"] = f"(__builtin_classify_type({elem}) == {13 if kind == 'union' else 12})"
         expect[f"is a {kind}"] = 1
     # A "guest handle" is a struct, a pointer or a uint64_t depending on the header: offset and size it is.
-    return Check((cname, path), expr, expect)
+    return Check((cname, path), header, expr, expect)
 
 
 def checks(cat: Mapping[str, Any]) -> list[Check]:
@@ -109,14 +130,15 @@ def checks(cat: Mapping[str, Any]) -> list[Check]:
         out.append(
             Check(
                 (cname, ""),
+                rec["header"],
                 {"size": f"sizeof({cname})", "align": f"_Alignof({cname})"},
                 {"size": rec["size"], "align": rec["align"]},
             )
         )
-        out.extend(_member_check(cname, m, tagged) for m in rec["members"])
+        out.extend(_member_check(cname, rec["header"], m, tagged) for m in rec["members"])
     for kind in ("constants", "ioctls"):
         for name, c in cat[kind].items():
-            out.append(Check((kind, name), {"value": name}, {"value": c["value"]}))
+            out.append(Check((kind, name), c["header"], {"value": name}, {"value": c["value"]}))
     return out
 
 
@@ -212,7 +234,7 @@ def probe(cat: Mapping[str, Any], build: Path, cflags: list[str], gcc: str = "gc
     shim = build / "shim"
     (shim / "xen" / "interface").mkdir(parents=True, exist_ok=True)
     (shim / "xen" / "interface" / "xen.h").write_text(SHIM_XEN_H)
-    result = Probe(source=build / "probe.c")
+    result = Probe(build / "probe.c", all_checks)
     todo = list(range(len(all_checks)))
     headers = includes(cat)
     exe = build / "probe"
@@ -232,11 +254,10 @@ def probe(cat: Mapping[str, Any], build: Path, cflags: list[str], gcc: str = "gc
         for line, item in culprits.items():
             if isinstance(item, str):  # a header that is missing or broken: every check needing it fails
                 headers.remove(item)
-                for i in [i for i in todo if item in _headers_of(cat, all_checks[i])]:
+                for i in [i for i in todo if c_header(all_checks[i].header) == item]:
                     result.errors[all_checks[i].key] = f"#include <{item}>: {blamed[line]}"
                     todo.remove(i)
-            else:
-                assert item is not None
+            elif item is not None:
                 result.errors[all_checks[item].key] = blamed[line]
                 todo.remove(item)
     run = subprocess.run([str(exe)], capture_output=True, text=True, check=True)
@@ -248,27 +269,6 @@ def probe(cat: Mapping[str, Any], build: Path, cflags: list[str], gcc: str = "gc
     if silent:
         raise RuntimeError(f"the probe printed nothing for {silent[:5]}; its output ends:\n{run.stdout[-2000:]}")
     return result
-
-
-def _headers_of(cat: Mapping[str, Any], chk: Check) -> set[str]:
-    group, name = chk.key
-    if group in ("constants", "ioctls"):
-        return {c_header(cat[group][name]["header"])}
-    return {c_header(r["header"]) for r in cat["records"] if r["cname"] == group}
-
-
-def mismatches(chk: Check, p: Probe) -> list[str]:
-    """One line per difference between the catalogue and gcc for ``chk``; empty when they agree."""
-    group, name = chk.key
-    what = f"{group}: {name}" if name and group not in ("constants", "ioctls") else (name or group)
-    if chk.key in p.errors:
-        return [f"{what}: does not compile against the headers: {p.errors[chk.key]}"]
-    got = p.values[chk.key]
-    return [
-        f"{what}: {field}: ours {_fmt(field, want)}, gcc {_fmt(field, got[field])}"
-        for field, want in chk.expect.items()
-        if want != got[field]
-    ]
 
 
 def _fmt(field: str, v: int) -> str:
