@@ -166,18 +166,21 @@ class Header:
         return HEADER.pack(self.type, self.req_id, self.tx_id, self.len)
 
     @classmethod
-    def unpack(cls, data: bytes | bytearray | memoryview) -> Header:
-        """Decode and check 16 header bytes: the type must be known, the length at most 4096."""
+    def unpack(cls, data: bytes | bytearray | memoryview, *, unknown_types: bool = False) -> Header:
+        """Decode and check 16 header bytes: the length must be at most 4096, and the type known -- unless
+        ``unknown_types`` (a server answers those with ENOSYS), which turns them into ``XsType.INVALID``."""
         if len(data) < HEADER_SIZE:
             raise ProtocolError(f"truncated xenstore header: {len(data)} of {HEADER_SIZE} bytes")
         t, req_id, tx_id, length = HEADER.unpack_from(data)
-        if t not in _VALID_TYPES:
-            raise ProtocolError(f"unknown xenstore message type {t} (req_id {req_id})")
         if length > XENSTORE_PAYLOAD_MAX:
             raise ProtocolError(
-                f"xenstore message {XsType(t).name} req_id {req_id} announces {length} payload bytes, "
+                f"xenstore message of type {t} req_id {req_id} announces {length} payload bytes, "
                 f"over XENSTORE_PAYLOAD_MAX ({XENSTORE_PAYLOAD_MAX})"
             )
+        if t not in _VALID_TYPES:
+            if not unknown_types:
+                raise ProtocolError(f"unknown xenstore message type {t} (req_id {req_id})")
+            t = XsType.INVALID
         return cls(XsType(t), req_id, tx_id, length)
 
 
@@ -196,8 +199,7 @@ class Message:
                 "E2BIG",
                 self.type.name,
                 None,
-                f"payload of {len(self.payload)} bytes is over XENSTORE_PAYLOAD_MAX "
-                f"({XENSTORE_PAYLOAD_MAX}); not sent",
+                f"payload of {len(self.payload)} bytes is over XENSTORE_PAYLOAD_MAX ({XENSTORE_PAYLOAD_MAX}); not sent",
             )
         return Header(self.type, self.req_id, self.tx_id, len(self.payload)).pack() + self.payload
 
@@ -208,9 +210,11 @@ class Framer:
     ``receive_data(b"")`` marks the end of the stream; then ``next_message`` raises ``ProtocolError`` if a
     message was cut short, and ``closed`` is true once the buffer is drained. A ``ProtocolError`` leaves the
     framer broken (a byte stream cannot be resynchronised): every later call raises it again.
+    ``unknown_types=True`` (server side) passes messages of unknown type on as ``XsType.INVALID``.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, unknown_types: bool = False) -> None:
+        self._unknown_types = unknown_types
         self._buf = bytearray()
         self._header: Header | None = None
         self._eof = False
@@ -253,14 +257,13 @@ class Framer:
                         f"stream ended inside a xenstore header ({len(self._buf)} of {HEADER_SIZE} bytes)"
                     )
                 return None
-            self._header = Header.unpack(self._buf)
+            self._header = Header.unpack(self._buf, unknown_types=self._unknown_types)
             del self._buf[:HEADER_SIZE]
         h = self._header
         if len(self._buf) < h.len:
             if self._eof:
                 raise ProtocolError(
-                    f"stream ended inside {h.type.name} req_id {h.req_id}: "
-                    f"{len(self._buf)} of {h.len} payload bytes"
+                    f"stream ended inside {h.type.name} req_id {h.req_id}: {len(self._buf)} of {h.len} payload bytes"
                 )
             return None
         payload = bytes(self._buf[: h.len])
@@ -296,9 +299,7 @@ def _exact(payload: bytes, n: int, what: str, *, last_nul_optional: bool = False
         payload += b"\0"
     parts = _strings(payload, what)
     if len(parts) != n:
-        raise ProtocolError(
-            f"{what}: expected {n} NUL-terminated strings, got {len(parts)}: {payload[:64]!r}"
-        )
+        raise ProtocolError(f"{what}: expected {n} NUL-terminated strings, got {len(parts)}: {payload[:64]!r}")
     return parts
 
 
@@ -444,8 +445,7 @@ class Request(Generic[T]):
                 "E2BIG",
                 self.TYPE.name,
                 getattr(self, "path", None),
-                f"payload of {len(payload)} bytes is over XENSTORE_PAYLOAD_MAX ({XENSTORE_PAYLOAD_MAX}); "
-                "not sent",
+                f"payload of {len(payload)} bytes is over XENSTORE_PAYLOAD_MAX ({XENSTORE_PAYLOAD_MAX}); not sent",
             )
         return Message(self.TYPE, req_id, tx_id, payload).encode()
 

@@ -1,0 +1,241 @@
+"""A simulated xenstored: the sans-I/O ``ServerCore`` behind real socketpairs.
+
+Rule 1: the simulator speaks the wire protocol, nothing else. A client connection is one end of a
+``socket.socketpair()``; bytes written to it are fed synchronously to the same server core logic that the
+unit tests table-check, and the replies and watch events it produces are pushed into the pair, so the
+client reads them from a real, pollable descriptor (``selectors`` and asyncio work; no threads).
+
+The toolstack side of the simulator (the simulated hypervisor creating and destroying domains) calls the
+helpers ``write``/``read``/``rm``/``directory``/``introduce``/``release`` directly; they run as domain 0 and
+fire watches exactly as the same requests from a client would.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+from ..xenstore._client import DEFAULT_SOCKET
+from ..xenstore._server_core import Drop, Output, Send, ServerCore
+from ..xenstore._wire import (
+    Directory,
+    GetPerms,
+    Introduce,
+    Mkdir,
+    Perm,
+    Read,
+    Release,
+    Request,
+    Rm,
+    SetPerms,
+    Write,
+    XsType,
+)
+
+__all__ = ["SimConnection", "SimXenstored"]
+
+log = logging.getLogger("xenpure.testing.xenstored")
+
+
+class SimConnection:
+    """One client connection to the simulated xenstored (what ``Kernel.connect_socket`` or
+    ``Kernel.open("xenbus")`` hands back, wrapped in a device)."""
+
+    def __init__(self, server: SimXenstored, conn_id: int, domid: int, path: str) -> None:
+        self.server = server
+        self.conn_id = conn_id
+        self.domid = domid
+        self.path = path
+        self._client, self._server = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._server.setblocking(False)
+        self._backlog = bytearray()  # what did not fit in the socket buffer yet
+        self._eof_after_backlog = False
+        self._closed = False
+
+    def fileno(self) -> int:
+        """The client end of the socketpair: readable when replies or watch events are waiting."""
+        return self._client.fileno()
+
+    def read(self, n: int) -> bytes:
+        """Read up to ``n`` bytes of replies and events (blocks, like a socket, if there are none)."""
+        self._flush()
+        data = self._client.recv(n)
+        self._flush()
+        return data
+
+    def write(self, data: bytes) -> int:
+        """Hand ``data`` to the server; its answers are queued for ``read`` before this returns."""
+        if self._closed:
+            raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+        if self._eof_after_backlog or self.conn_id not in self.server.core.connections:
+            raise BrokenPipeError(errno.EPIPE, "the simulated xenstored dropped this connection")
+        self.server._receive(self, bytes(data))
+        return len(data)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.server._disconnect(self)
+        self._client.close()
+        self._server.close()
+
+    # -- the server's side -------------------------------------------------------------------------------
+
+    def _push(self, data: bytes) -> None:
+        self._backlog += data
+        self._flush()
+
+    def _drop(self) -> None:
+        self._eof_after_backlog = True
+        self._flush()
+
+    def _flush(self) -> None:
+        if self._closed:
+            return
+        while self._backlog:
+            try:
+                n = self._server.send(self._backlog)
+            except BlockingIOError:
+                return
+            del self._backlog[:n]
+        if self._eof_after_backlog:
+            try:
+                self._server.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
+    def __repr__(self) -> str:
+        return f"<SimConnection #{self.conn_id} dom{self.domid} {self.path}>"
+
+
+class SimXenstored:
+    """The simulated xenstored. ``connect(domid)`` opens a client connection speaking for ``domid``.
+
+    ``unsupported`` lists message types to answer with ENOSYS (to play an older xenstored, e.g. one
+    without DIRECTORY_PART or the 4.21 feature/quota messages).
+    """
+
+    def __init__(self, *, unsupported: Iterable[XsType] = ()) -> None:
+        self.core = ServerCore(unsupported=unsupported)
+        self._lock = threading.RLock()
+        self._conns: dict[int, SimConnection] = {}
+        self._toolstack = self.core.connect(0)
+
+    # -- connections ------------------------------------------------------------------------------------
+
+    def connect(self, domid: int = 0, *, path: str | None = None) -> SimConnection:
+        """A new connection speaking for ``domid`` (0: the privileged control domain)."""
+        with self._lock:
+            cid = self.core.connect(domid)
+            conn = SimConnection(self, cid, domid, path or f"sim-xenstored:dom{domid}")
+            self._conns[cid] = conn
+            return conn
+
+    def connect_socket(self) -> SimConnection:
+        """Like ``connect(0)``: what a process in dom0 gets from xenstored's Unix socket."""
+        return self.connect(0, path=DEFAULT_SOCKET)
+
+    @property
+    def connections(self) -> int:
+        """How many client connections are open (leak checks)."""
+        return len(self._conns)
+
+    def _receive(self, conn: SimConnection, data: bytes) -> None:
+        with self._lock:
+            self._deliver(self.core.receive_data(conn.conn_id, data))
+
+    def _disconnect(self, conn: SimConnection) -> None:
+        with self._lock:
+            self.core.disconnect(conn.conn_id)
+            self._conns.pop(conn.conn_id, None)
+
+    def _deliver(self, outputs: list[Output]) -> None:
+        for o in outputs:
+            target = self._conns.get(o.conn)
+            if target is None:
+                continue
+            if isinstance(o, Send):
+                target._push(o.data)
+            elif isinstance(o, Drop):
+                log.debug("dropping %r: %s", target, o.reason)
+                target._drop()
+
+    def _call(self, request: Request[Any]) -> Any:
+        with self._lock:
+            value, outputs = self.core.call(self._toolstack, request)
+            self._deliver(outputs)
+            return value
+
+    # -- the toolstack's direct access (runs as domain 0, fires watches) --------------------------------
+
+    def write(self, path: str, value: bytes | str) -> None:
+        """Set ``path`` (creating parents), as XS_WRITE from dom0."""
+        self._call(Write(path, value.encode() if isinstance(value, str) else bytes(value)))
+
+    def read(self, path: str) -> bytes:
+        """The value at ``path``; raises ``NoEntry``."""
+        value: bytes = self._call(Read(path))
+        return value
+
+    def exists(self, path: str) -> bool:
+        with self._lock:
+            return path in self.core.store.nodes
+
+    def mkdir(self, path: str) -> None:
+        self._call(Mkdir(path))
+
+    def rm(self, path: str) -> None:
+        """Remove ``path`` and its subtree (a missing node is fine)."""
+        self._call(Rm(path))
+
+    def directory(self, path: str) -> tuple[str, ...]:
+        """The children of ``path`` (no 4096-byte limit here)."""
+        with self._lock:
+            node = self.core.store.nodes.get(path)
+        if node is None:
+            self._call(Directory(path))  # raises NoEntry the usual way
+        return () if node is None else node.children
+
+    def get_perms(self, path: str) -> tuple[Perm, ...]:
+        value: tuple[Perm, ...] = self._call(GetPerms(path))
+        return value
+
+    def set_perms(self, path: str, perms: Iterable[Perm]) -> None:
+        self._call(SetPerms(path, tuple(perms)))
+
+    def introduce(self, domid: int, gfn: int = 0, evtchn: int = 0) -> None:
+        """XS_INTRODUCE ``domid``: fires ``@introduceDomain``."""
+        self._call(Introduce(domid, gfn, evtchn))
+
+    def release(self, domid: int) -> None:
+        """XS_RELEASE ``domid``: fires ``@releaseDomain``."""
+        self._call(Release(domid))
+
+    def domain_changed(self, domid: int) -> None:
+        """Fire ``@releaseDomain`` without releasing (a domain shut down, crashed or died)."""
+        with self._lock:
+            self._deliver(self.core.fire_special("@releaseDomain", domid))
+
+    def is_introduced(self, domid: int) -> bool:
+        with self._lock:
+            return domid == 0 or domid in self.core.domains
+
+    def dump(self, path: str = "/") -> dict[str, bytes]:
+        """Every node at or below ``path`` with its value (for assertions and debugging)."""
+        with self._lock:
+            nodes = dict(self.core.store.nodes)
+        prefix = "/" if path == "/" else path + "/"
+        return {p: n.value for p, n in sorted(nodes.items()) if p == path or p.startswith(prefix)}
+
+    def close(self) -> None:
+        """Hang up on every client connection (their clients see the end of the stream)."""
+        with self._lock:
+            for conn in list(self._conns.values()):
+                self.core.disconnect(conn.conn_id)
+                conn._drop()
