@@ -116,8 +116,8 @@ def missing(release: str | None = None) -> tuple[str, bool] | None:
         if release in fetcher.SUITES:
             return f"no Xen {release} headers: run tools/fetch-xen-headers {release}", True
         return (
-            f"no Xen {release} headers: no Debian suite packages {release} "
-            f"(tools/fetch-xen-headers --list); unpack its public headers into "
+            f"no Xen {release} headers here, and no Debian suite ships them (tools/fetch-xen-headers --list): "
+            f"unpack Xen {release}'s xen/include/public into "
             f"{fetcher.cache_root()}/{release}.<patch>/usr/include/xen to check it",
             False,
         )
