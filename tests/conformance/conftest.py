@@ -25,7 +25,8 @@ from xenpure.hypercall.abi import RELEASES, catalogue
 def _catalogue(release: str) -> dict[str, Any]:
     # Cached from collection on: the tier checks the package as imported, not records a test registers
     # in the layout registry while it runs.
-    return catalogue(release)
+    cat: dict[str, Any] = catalogue(release)
+    return cat
 
 
 def _checkable() -> list[str]:

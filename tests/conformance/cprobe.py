@@ -262,8 +262,8 @@ def probe(cat: Mapping[str, Any], build: Path, cflags: list[str], gcc: str = "gc
                 todo.remove(item)
     run = subprocess.run([str(exe)], capture_output=True, text=True, check=True)
     for out in run.stdout.splitlines():
-        i, *nums = out.split()
-        chk = all_checks[int(i)]
+        index, *nums = out.split()
+        chk = all_checks[int(index)]
         result.values[chk.key] = dict(zip(chk.expr, map(int, nums), strict=True))
     silent = [all_checks[i].key for i in todo if all_checks[i].key not in result.values]
     if silent:
