@@ -3,6 +3,7 @@
 import pytest
 
 from xenpure.errors import ProtocolError
+from xenpure.hypercall import _layout
 from xenpure.hypercall._layout import Array, Decl, F, Iface, Union, u8, u16, u32, u64
 
 PAD = Decl("t_pad", "test.h", (F("a", u8), F("b", u64), F("c", u16)), register=False)
@@ -71,7 +72,8 @@ def test_byte_arrays_decode_as_bytes_and_overflow_is_refused() -> None:
         lay.build(s=b"abcde")
 
 
-def test_registering_a_name_twice_is_an_error() -> None:
+def test_registering_a_name_twice_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_layout, "_DECLS", dict(_layout._DECLS))  # leave the real registry untouched
     Decl("t_once", "test.h", (F("x", u8),))
     with pytest.raises(ValueError, match="declared twice"):
         Decl("t_once", "test.h", (F("x", u8),))
