@@ -1,0 +1,262 @@
+"""The sans-I/O client core: per-connection ids, pipelining, strict matching, watch events apart, and the
+procedures both faces run (DIRECTORY_PART fallback, optional types)."""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from xenpure import errors as E
+from xenpure.xenstore import _ops
+from xenpure.xenstore import _wire as W
+from xenpure.xenstore._client_core import ClientCore, Closed, ErrorReply, Reply, WatchEvent
+from xenpure.xenstore._wire import XsType
+
+
+def reply(req: W.Request[Any], req_id: int, value: Any, tx_id: int = 0) -> bytes:
+    return W.Message(req.TYPE, req_id, tx_id, req.reply_payload(value)).encode()
+
+
+def events(core: ClientCore) -> list[Any]:
+    out = []
+    while (ev := core.next_event()) is not None:
+        out.append(ev)
+    return out
+
+
+def ids_of(data: bytes) -> list[int]:
+    return [m.req_id for m in W.iter_messages(data)]
+
+
+def test_ids_are_per_connection_and_start_at_one() -> None:
+    a, b = ClientCore(), ClientCore()
+    assert ids_of(a.send(W.Read("/x")) + a.send(W.Read("/y"))) == [1, 2]
+    assert ids_of(b.send(W.Read("/x"))) == [1]  # no global counter
+    assert a.outstanding == 2 and b.outstanding == 1
+
+
+def test_pipelined_replies_in_any_order_reach_their_requests() -> None:
+    core = ClientCore()
+    reqs = [W.Read("/a"), W.Directory("/b"), W.TransactionStart(), W.Write("/c", b"v")]
+    wire = b"".join(core.send(r) for r in reqs)
+    assert [m.type for m in W.iter_messages(wire)] == [r.TYPE for r in reqs]
+    answers = [b"A", ("x", "y"), 9, None]
+    back = b"".join(reply(r, i + 1, v) for i, (r, v) in reversed(list(enumerate(zip(reqs, answers, strict=True)))))
+    for feed in ([back], [back[i : i + 1] for i in range(len(back))]):
+        core2 = ClientCore()
+        for r in reqs:
+            core2.send(r)
+        got = []
+        for chunk in feed:
+            core2.receive_data(chunk)
+            got.extend(events(core2))
+        assert all(isinstance(e, Reply) for e in got)
+        assert {id(e.request): e.value for e in got} == {id(r): v for r, v in zip(reqs, answers, strict=True)}
+        assert core2.outstanding == 0
+
+
+def test_watch_events_are_kept_apart_from_replies() -> None:
+    core = ClientCore()
+    req = W.Read("/a")
+    core.send(req)
+    data = W.encode_watch_event("/a", "t1") + reply(req, 1, b"v") + W.encode_watch_event("/a/b", "t2")
+    core.receive_data(data + data[:5])  # and the start of something more
+    got = events(core)
+    assert got[0] == WatchEvent("/a", "t1")
+    assert isinstance(got[1], Reply) and got[1].request is req and got[1].value == b"v"
+    assert got[2] == WatchEvent("/a/b", "t2")
+    assert len(got) == 3
+
+
+def test_a_reply_to_an_id_never_sent_is_a_protocol_error_and_breaks_the_core() -> None:
+    core = ClientCore()
+    core.send(W.Read("/a"))
+    core.receive_data(reply(W.Read("/a"), 2, b"v"))
+    with pytest.raises(E.ProtocolError, match="never sent"):
+        core.next_event()
+    with pytest.raises(E.ProtocolError):
+        core.send(W.Read("/b"))
+
+
+def test_a_second_reply_to_the_same_id_is_a_protocol_error() -> None:
+    core = ClientCore()
+    core.send(W.Read("/a"))
+    core.receive_data(reply(W.Read("/a"), 1, b"v") * 2)
+    assert isinstance(core.next_event(), Reply)
+    with pytest.raises(E.ProtocolError):
+        core.next_event()
+
+
+def test_a_reply_of_the_wrong_type_is_a_protocol_error() -> None:
+    core = ClientCore()
+    core.send(W.Read("/a"))
+    core.receive_data(reply(W.Directory("/a"), 1, ("x",)))
+    with pytest.raises(E.ProtocolError, match="answered READ"):
+        core.next_event()
+
+
+def test_a_malformed_reply_payload_is_a_protocol_error() -> None:
+    core = ClientCore()
+    core.send(W.GetPerms("/a"))
+    core.receive_data(W.Message(XsType.GET_PERMS, 1, 0, b"zz\0").encode())
+    with pytest.raises(E.ProtocolError, match="bad reply to GET_PERMS"):
+        core.next_event()
+
+
+def test_error_replies_become_errno_named_exceptions() -> None:
+    core = ClientCore()
+    reqs = {name: W.Read(f"/{name}") for name in W.XSD_ERRORS}
+    for r in reqs.values():
+        core.send(r)
+    core.receive_data(b"".join(W.encode_error(i + 1, 0, name) for i, name in enumerate(reqs)))
+    got = events(core)
+    assert all(isinstance(e, ErrorReply) for e in got)
+    excs = {e.error: e.exception() for e in got}
+    assert type(excs["ENOENT"]) is E.NoEntry and excs["ENOENT"].path == "/ENOENT"
+    assert type(excs["EAGAIN"]) is E.TransactionConflict
+    assert type(excs["EACCES"]) is E.PermissionDenied and isinstance(excs["EACCES"], PermissionError)
+    assert type(excs["EINVAL"]) is E.XenstoreInvalid
+    assert type(excs["E2BIG"]) is E.TooBig
+    assert all(isinstance(x, E.XenstoreError) and x.errno is not None for x in excs.values())
+    assert len({type(x) for x in excs.values()}) == len(W.XSD_ERRORS)
+
+
+def test_a_request_over_a_limit_is_refused_and_uses_no_id() -> None:
+    core = ClientCore()
+    with pytest.raises(E.TooBig):
+        core.send(W.Write("/a", b"x" * 5000))
+    with pytest.raises(E.XenstoreInvalid):
+        core.send(W.Read("/" + "a" * 4000))
+    assert core.outstanding == 0
+    assert ids_of(core.send(W.Read("/ok"))) == [1]
+
+
+def test_ids_wrap_and_skip_outstanding_ones() -> None:
+    core = ClientCore()
+    core.send(W.Read("/one"))  # id 1, left outstanding
+    core._next_id = 2**32 - 1
+    assert ids_of(core.send(W.Read("/a"))) == [2**32 - 1]
+    assert ids_of(core.send(W.Read("/b"))) == [2]  # 0 skipped, 1 still outstanding
+
+
+def test_abandoned_requests_have_their_late_replies_dropped() -> None:
+    core = ClientCore()
+    late, now = W.Read("/late"), W.Read("/now")
+    core.send(late)
+    core.abandon(late)
+    core.send(now)
+    core.receive_data(reply(late, 1, b"x") + reply(now, 2, b"y"))
+    (ev,) = events(core)
+    assert isinstance(ev, Reply) and ev.request is now
+
+
+def test_end_of_stream() -> None:
+    core = ClientCore()
+    r = W.Read("/a")
+    core.send(r)
+    core.receive_data(b"")
+    (ev,) = events(core)
+    assert isinstance(ev, Closed) and ev.outstanding == (r,)
+    with pytest.raises(E.ConnectionClosed):
+        core.send(W.Read("/b"))
+    cut = ClientCore()
+    cut.send(r)
+    cut.receive_data(reply(r, 1, b"value")[:20])
+    cut.receive_data(b"")
+    with pytest.raises(E.ProtocolError, match="stream ended"):
+        cut.next_event()
+
+
+def test_oversized_reply_header_is_refused_before_its_payload() -> None:
+    core = ClientCore()
+    core.send(W.Read("/a"))
+    core.receive_data(struct.pack("<IIII", XsType.READ, 1, 0, 100000))
+    with pytest.raises(E.ProtocolError, match="XENSTORE_PAYLOAD_MAX"):
+        core.next_event()
+
+
+@given(st.binary(max_size=200), st.integers(min_value=1, max_value=40))
+def test_garbage_from_the_server_only_ever_raises_protocol_error(data: bytes, chunk: int) -> None:
+    core = ClientCore()
+    for path in ("/a", "/b"):
+        core.send(W.Read(path))
+    core.send(W.GetPerms("/c"))
+    try:
+        for i in range(0, len(data), chunk):
+            core.receive_data(data[i : i + chunk])
+            events(core)
+        core.receive_data(b"")
+        events(core)
+    except E.ProtocolError:
+        pass
+
+
+# -- procedures ------------------------------------------------------------------------------------------
+
+
+def drive(proc: _ops.Proc[Any], answer: Any) -> tuple[Any, list[W.Request[Any]]]:
+    """Run a procedure against ``answer(request) -> value | error name``; return result and requests."""
+    sent: list[W.Request[Any]] = []
+
+    def roundtrip(req: W.Request[Any], tx: int) -> Reply[Any] | ErrorReply:
+        sent.append(req)
+        v = answer(req)
+        if isinstance(v, str) and v.startswith("E"):
+            return ErrorReply(1, tx, req, v)
+        return Reply(1, tx, req, v)
+
+    return _ops.run_sync(proc, roundtrip), sent
+
+
+def test_directory_falls_back_to_directory_part_on_e2big() -> None:
+    names = [f"child-{i:05d}" for i in range(1000)]
+
+    def answer(req: W.Request[Any]) -> Any:
+        if isinstance(req, W.Directory):
+            return "E2BIG"
+        assert isinstance(req, W.DirectoryPart)
+        pos, i = 0, 0
+        while pos < req.offset:
+            pos += len(names[i]) + 1
+            i += 1
+        chunk = tuple(names[i : i + 300])
+        done = i + 300 >= len(names)
+        return W.DirectoryChunk(7, chunk, done, sum(len(n) + 1 for n in chunk))
+
+    result, sent = drive(_ops.directory("/big"), answer)
+    assert result == tuple(names)
+    assert [type(r).__name__ for r in sent] == ["Directory"] + ["DirectoryPart"] * 4
+
+
+def test_directory_part_restarts_when_the_generation_changes() -> None:
+    gens = iter([1, 2, 2, 2])
+
+    def answer(req: W.Request[Any]) -> Any:
+        if isinstance(req, W.Directory):
+            return "E2BIG"
+        assert isinstance(req, W.DirectoryPart)
+        g = next(gens)
+        if req.offset == 0:
+            return W.DirectoryChunk(g, ("a",), False, 2)
+        return W.DirectoryChunk(g, ("b",), True, 2)
+
+    result, sent = drive(_ops.directory("/d"), answer)
+    assert result == ("a", "b")
+    assert [getattr(r, "offset", None) for r in sent] == [None, 0, 2, 0, 2]
+
+
+def test_directory_too_big_without_directory_part_says_so() -> None:
+    with pytest.raises(E.TooBig, match="does not implement DIRECTORY_PART"):
+        drive(_ops.directory("/d"), lambda req: "E2BIG" if isinstance(req, W.Directory) else "ENOSYS")
+
+
+def test_optional_types_answered_enosys_or_einval_say_unsupported() -> None:
+    for err in ("ENOSYS", "EINVAL"):
+        with pytest.raises(E.XenstoreNotSupported, match=r"GET_FEATURE.*Xen 4\.21"):
+            drive(_ops.optional(W.GetFeature(), since="Xen 4.21"), lambda req, err=err: err)
+    with pytest.raises(E.PermissionDenied):
+        drive(_ops.optional(W.GetFeature(3)), lambda req: "EACCES")
