@@ -206,9 +206,13 @@ class AsyncClient(_AsyncNodeOps):
         fut: asyncio.Future[Reply[Any] | ErrorReply] = self._loop.create_future()
         self._waiters[id(request)] = fut
         view = memoryview(data)
-        while view:
-            n = self.device.write(bytes(view))
-            view = view[n:]
+        try:
+            while view:
+                n = self.device.write(bytes(view))
+                view = view[n:]
+        except (BrokenPipeError, ConnectionResetError) as e:
+            self._waiters.pop(id(request), None)
+            raise ConnectionClosed(f"xenstored closed the connection on {self.device.path}") from e
         remaining = None if deadline is None else max(0.0, deadline - self._loop.time())
         try:
             return await asyncio.wait_for(fut, remaining)

@@ -270,9 +270,12 @@ class Client(_NodeOps):
 
     def _write(self, data: bytes) -> None:
         view = memoryview(data)
-        while view:
-            n = self.device.write(bytes(view))
-            view = view[n:]
+        try:
+            while view:
+                n = self.device.write(bytes(view))
+                view = view[n:]
+        except (BrokenPipeError, ConnectionResetError) as e:
+            raise ConnectionClosed(f"xenstored closed the connection on {self.device.path}") from e
 
     def _roundtrip(self, request: Request[Any], tx_id: int, deadline: float | None) -> Reply[Any] | ErrorReply:
         if self._is_closed:

@@ -40,10 +40,10 @@ def call(request: Request[T], tx_id: int = 0) -> Proc[T]:
 
 
 def optional(request: Request[T], tx_id: int = 0, since: str = "") -> Proc[T]:
-    """A request of an optional type: ENOSYS (or EINVAL, how older xenstoreds refuse a type they do not
-    know) becomes ``XenstoreNotSupported`` that says so."""
+    """A request of an optional type: ENOSYS (docs/misc/xenstore.txt: the answer to any type a xenstored does
+    not support) becomes ``XenstoreNotSupported`` that says so."""
     ev = yield request, tx_id
-    if isinstance(ev, ErrorReply) and ev.error in ("ENOSYS", "EINVAL"):
+    if isinstance(ev, ErrorReply) and ev.error == "ENOSYS":
         name = request.TYPE.name
         raise XenstoreNotSupported(
             ev.error,
@@ -107,9 +107,7 @@ def run_sync(proc: Proc[T], roundtrip: Callable[[Request[Any], int], Reply[Any] 
         return result
 
 
-async def run_async(
-    proc: Proc[T], roundtrip: Callable[[Request[Any], int], Awaitable[Reply[Any] | ErrorReply]]
-) -> T:
+async def run_async(proc: Proc[T], roundtrip: Callable[[Request[Any], int], Awaitable[Reply[Any] | ErrorReply]]) -> T:
     """Drive ``proc`` with ``await roundtrip(request, tx_id) -> event``."""
     try:
         step = next(proc)
