@@ -261,3 +261,35 @@ def test_optional_types_answered_enosys_say_unsupported() -> None:
         drive(_ops.optional(W.Control("nonsense")), lambda req: "EINVAL")
     with pytest.raises(E.PermissionDenied):
         drive(_ops.optional(W.GetFeature(3)), lambda req: "EACCES")
+
+
+def test_an_over_long_directory_reply_is_accepted_as_oxenstored_sends_them() -> None:
+    # Seen on Xen 4.17's oxenstored: 400 children -> one 12000-byte DIRECTORY reply.
+    names = tuple(f"a-fairly-long-child-name-{i:04d}" for i in range(400))
+    core = ClientCore()
+    req = W.Directory("/big")
+    core.send(req)
+    payload = b"".join(n.encode() + b"\0" for n in names)
+    assert len(payload) > W.XENSTORE_PAYLOAD_MAX
+    data = W.HEADER.pack(XsType.DIRECTORY, 1, 0, len(payload)) + payload
+    for i in range(0, len(data), 1000):
+        core.receive_data(data[i : i + 1000])
+    (ev,) = events(core)
+    assert isinstance(ev, Reply) and ev.value == names
+
+
+@pytest.mark.parametrize(
+    ("request_", "header"),
+    [
+        (W.Read("/a"), (XsType.READ, 1, 0, 5000)),  # only DIRECTORY replies may be long
+        (W.Read("/a"), (XsType.DIRECTORY, 1, 0, 5000)),  # ... and only to a DIRECTORY request
+        (W.Directory("/a"), (XsType.DIRECTORY, 2, 0, 5000)),  # ... that was sent
+        (W.Directory("/a"), (XsType.DIRECTORY, 1, 0, (1 << 20) + 1)),  # ... and still bounded
+    ],
+)
+def test_other_over_long_messages_are_refused(request_: W.Request[Any], header: tuple[int, ...]) -> None:
+    core = ClientCore()
+    core.send(request_)
+    core.receive_data(W.HEADER.pack(*header))
+    with pytest.raises(E.ProtocolError, match="XENSTORE_PAYLOAD_MAX"):
+        core.next_event()

@@ -12,6 +12,11 @@ request, is a ``ProtocolError``. Watch events (``req_id`` 0, type WATCH_EVENT) a
 replies. A ``ProtocolError`` breaks the core for good (a byte stream cannot be resynchronised): every later
 call raises it again.
 
+One exception to XENSTORE_PAYLOAD_MAX, seen on real Xen: oxenstored (4.17) answers DIRECTORY with the
+whole children list in one reply however long it is (and DIRECTORY_PART with ENOSYS). A reply of type
+DIRECTORY to an outstanding DIRECTORY request may therefore be up to ``OVERSIZED_DIRECTORY_MAX`` bytes;
+every other message over 4096 bytes is still a ``ProtocolError``.
+
 Every message is logged decoded at DEBUG on logger ``xenpure.xenstore``.
 """
 
@@ -22,15 +27,18 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from ..errors import ConnectionClosed, ProtocolError, XenstoreError
-from ._wire import Framer, Message, Request, XsType, parse_error, parse_watch_event
+from ._wire import Directory, Framer, Message, Request, XsType, parse_error, parse_watch_event
 
-__all__ = ["ClientCore", "Closed", "ErrorReply", "Event", "Reply", "WatchEvent"]
+__all__ = ["OVERSIZED_DIRECTORY_MAX", "ClientCore", "Closed", "ErrorReply", "Event", "Reply", "WatchEvent"]
 
 log = logging.getLogger("xenpure.xenstore")
 
 T = TypeVar("T")
 
 _ID_MOD = 2**32
+
+#: The longest DIRECTORY reply accepted (oxenstored sends over-long ones; see the module docstring).
+OVERSIZED_DIRECTORY_MAX = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -54,9 +62,7 @@ class ErrorReply:
 
     def exception(self) -> XenstoreError:
         """The errno-named ``XenstoreError`` subclass for this error."""
-        return XenstoreError.from_reply(
-            self.error, self.request.TYPE.name, getattr(self.request, "path", None)
-        )
+        return XenstoreError.from_reply(self.error, self.request.TYPE.name, getattr(self.request, "path", None))
 
 
 @dataclass(frozen=True)
@@ -86,7 +92,7 @@ class ClientCore:
     """One connection's protocol state: request ids, outstanding requests, and a framer."""
 
     def __init__(self) -> None:
-        self._framer = Framer()
+        self._framer = Framer(oversized=self._oversized)
         self._next_id = 1
         self._pending: dict[int, tuple[Request[Any], int]] = {}
         self._abandoned: set[int] = set()
@@ -124,6 +130,13 @@ class ClientCore:
         self._pending[req_id] = (request, tx_id)
         log.debug("-> %s req_id=%d tx_id=%d %s", request.TYPE.name, req_id, tx_id, _short(request))
         return data
+
+    def _oversized(self, msg_type: int, req_id: int) -> int:
+        entry = self._pending.get(req_id)
+        if msg_type == XsType.DIRECTORY and entry is not None and isinstance(entry[0], Directory):
+            log.debug("<- DIRECTORY req_id=%d is over XENSTORE_PAYLOAD_MAX: accepted (oxenstored does this)", req_id)
+            return OVERSIZED_DIRECTORY_MAX
+        return 0
 
     def abandon(self, request: Request[Any]) -> None:
         """Forget the caller waiting for ``request`` (it timed out): its reply, when it comes, is dropped."""
@@ -180,9 +193,7 @@ class ClientCore:
         self._abandoned.discard(msg.req_id)
         if msg.type is XsType.ERROR:
             error = parse_error(msg.payload)
-            log.debug(
-                "<- ERROR req_id=%d tx_id=%d %s (for %s)", msg.req_id, msg.tx_id, error, request.TYPE.name
-            )
+            log.debug("<- ERROR req_id=%d tx_id=%d %s (for %s)", msg.req_id, msg.tx_id, error, request.TYPE.name)
             event: Event = ErrorReply(msg.req_id, msg.tx_id, request, error)
         elif msg.type is not request.TYPE:
             raise ProtocolError(

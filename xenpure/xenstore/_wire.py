@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import enum
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -166,16 +166,24 @@ class Header:
         return HEADER.pack(self.type, self.req_id, self.tx_id, self.len)
 
     @classmethod
-    def unpack(cls, data: bytes | bytearray | memoryview, *, unknown_types: bool = False) -> Header:
-        """Decode and check 16 header bytes: the length must be at most 4096, and the type known -- unless
-        ``unknown_types`` (a server answers those with ENOSYS), which turns them into ``XsType.INVALID``."""
+    def unpack(
+        cls,
+        data: bytes | bytearray | memoryview,
+        *,
+        unknown_types: bool = False,
+        max_len: int = XENSTORE_PAYLOAD_MAX,
+    ) -> Header:
+        """Decode and check 16 header bytes: the length must be at most ``max_len`` (4096), and the type
+        known -- unless ``unknown_types`` (a server answers those with ENOSYS), which turns them into
+        ``XsType.INVALID``."""
         if len(data) < HEADER_SIZE:
             raise ProtocolError(f"truncated xenstore header: {len(data)} of {HEADER_SIZE} bytes")
         t, req_id, tx_id, length = HEADER.unpack_from(data)
-        if length > XENSTORE_PAYLOAD_MAX:
+        if length > max(max_len, XENSTORE_PAYLOAD_MAX):
             raise ProtocolError(
                 f"xenstore message of type {t} req_id {req_id} announces {length} payload bytes, "
                 f"over XENSTORE_PAYLOAD_MAX ({XENSTORE_PAYLOAD_MAX})"
+                + (f" and the {max_len} allowed for it" if max_len > XENSTORE_PAYLOAD_MAX else "")
             )
         if t not in _VALID_TYPES:
             if not unknown_types:
@@ -211,10 +219,13 @@ class Framer:
     message was cut short, and ``closed`` is true once the buffer is drained. A ``ProtocolError`` leaves the
     framer broken (a byte stream cannot be resynchronised): every later call raises it again.
     ``unknown_types=True`` (server side) passes messages of unknown type on as ``XsType.INVALID``.
+    ``oversized(type, req_id)`` may allow one message more than XENSTORE_PAYLOAD_MAX (it returns the
+    limit for that message): the client uses it for oxenstored's over-long DIRECTORY replies.
     """
 
-    def __init__(self, *, unknown_types: bool = False) -> None:
+    def __init__(self, *, unknown_types: bool = False, oversized: Callable[[int, int], int] | None = None) -> None:
         self._unknown_types = unknown_types
+        self._oversized = oversized
         self._buf = bytearray()
         self._header: Header | None = None
         self._eof = False
@@ -257,7 +268,12 @@ class Framer:
                         f"stream ended inside a xenstore header ({len(self._buf)} of {HEADER_SIZE} bytes)"
                     )
                 return None
-            self._header = Header.unpack(self._buf, unknown_types=self._unknown_types)
+            max_len = XENSTORE_PAYLOAD_MAX
+            if self._oversized is not None:
+                t, req_id, _, length = HEADER.unpack_from(self._buf)
+                if length > max_len:
+                    max_len = self._oversized(t, req_id)
+            self._header = Header.unpack(self._buf, unknown_types=self._unknown_types, max_len=max_len)
             del self._buf[:HEADER_SIZE]
         h = self._header
         if len(self._buf) < h.len:
