@@ -110,7 +110,7 @@ def test_domain_operations(xs: Client, xenstored: SimXenstored) -> None:
     xs.set_target(8, 7)
     xs.release(7)
     assert not xs.is_domain_introduced(7)
-    with pytest.raises(E.NoEntry):
+    with pytest.raises(E.XenstoreInvalid):  # what oxenstored 4.17 answers
         xs.release(7)
     with pytest.raises(E.XenstoreInvalid):
         xs.introduce(0, 1, 1)
@@ -275,8 +275,6 @@ def test_transaction_conflict_between_two_connections(kernel: SimKernel, xs: Cli
 
 
 def test_transactions_on_unrelated_nodes_do_not_conflict(kernel: SimKernel, xs: Client) -> None:
-    xs.mkdir("/mine")
-    xs.mkdir("/theirs")  # (creating a node changes its parent: creating both inside would conflict)
     with Client.open(kernel, timeout=5) as other, xs.transaction() as tx:
         tx.write("/mine/x", "1")
         other.write("/theirs/y", "2")

@@ -120,7 +120,8 @@ class _Txn:
     id: int
     store: Store
     seen: dict[str, int | None] = field(default_factory=dict)  # path -> generation when first touched
-    dirty: set[str] = field(default_factory=set)
+    dirty: set[str] = field(default_factory=set)  # nodes created, removed, or given a new value/perms
+    parents: set[str] = field(default_factory=set)  # nodes whose children list changed
     events: list[tuple[str, bool]] = field(default_factory=list)  # (path, removal)
 
 
@@ -174,6 +175,10 @@ Output = Send | Drop
 def _parent(path: str) -> str:
     i = path.rstrip("/").rfind("/")
     return "/" if i <= 0 else path[:i]
+
+
+def _join(parent: str, leaf: str) -> str:
+    return f"/{leaf}" if parent == "/" else f"{parent}/{leaf}"
 
 
 def _leaf(path: str) -> str:
@@ -336,7 +341,7 @@ class ServerCore:
             return self.store, None
         t = c.transactions.get(tx_id)
         if t is None:
-            raise _Fail("ENOENT", f"no transaction {tx_id} on this connection")
+            raise _Fail("EIO", f"no transaction {tx_id} on this connection")  # oxenstored 4.17 says EIO
         return t.store, t
 
     def _touch(self, txn: _Txn | None, store: Store, path: str) -> None:
@@ -350,6 +355,14 @@ class ServerCore:
         store.nodes[path] = replace(node, generation=store.generation)
         if txn is not None:
             txn.dirty.add(path)
+
+    def _relist(self, store: Store, txn: _Txn | None, path: str, children: tuple[str, ...]) -> None:
+        """A node gains or loses a child. In a transaction this is merged at commit rather than checked:
+        two transactions creating different children of one node do not conflict (so oxenstored, 4.17)."""
+        store.generation += 1
+        store.nodes[path] = replace(store.nodes[path], children=children, generation=store.generation)
+        if txn is not None:
+            txn.parents.add(path)
 
     def _dispatch(
         self,
@@ -372,7 +385,7 @@ class ServerCore:
         if isinstance(r, TransactionEnd):
             txn = c.transactions.pop(tx_id, None)
             if txn is None:
-                raise _Fail("ENOENT", f"no transaction {tx_id}")
+                raise _Fail("EIO", f"no transaction {tx_id}")
             if r.commit:
                 self._commit(txn)
                 events.extend(txn.events)
@@ -456,14 +469,12 @@ class ServerCore:
             self._touch(txn, store, parent)
             missing.append(parent)
             parent = _parent(parent)
-        self._touch(txn, store, parent)
         anchor = self._check(c, store, parent, write=True)
         perms = anchor.perms
         if c.domid != 0:
             perms = (Perm(c.domid, perms[0].access), *perms[1:])
         for p in reversed(missing):
-            up = store.nodes[_parent(p)]
-            self._bump(store, txn, _parent(p), replace(up, children=(*up.children, _leaf(p))))
+            self._relist(store, txn, _parent(p), (*store.nodes[_parent(p)].children, _leaf(p)))
             self._bump(store, txn, p, Node(value if p == path and value is not None else b"", perms))
         return True
 
@@ -474,9 +485,8 @@ class ServerCore:
             if txn is not None:
                 txn.dirty.add(p)
         parent = _parent(path)
-        up = store.nodes[parent]
         leaf = _leaf(path)
-        self._bump(store, txn, parent, replace(up, children=tuple(n for n in up.children if n != leaf)))
+        self._relist(store, txn, parent, tuple(n for n in store.nodes[parent].children if n != leaf))
 
     def _directory_part(self, node: Node, offset: int) -> DirectoryChunk:
         encoded = [n.encode() + b"\0" for n in node.children]
@@ -501,13 +511,27 @@ class ServerCore:
             now = self.store.nodes.get(path)
             if (None if now is None else now.generation) != gen:
                 raise _Fail("EAGAIN", f"{path} changed since the transaction started")
-        for path in sorted(txn.dirty):
+        main = self.store
+        for path in sorted(txn.dirty, key=lambda p: p.count("/")):  # parents before children
             new = txn.store.nodes.get(path)
             if new is None:
-                self.store.nodes.pop(path, None)
+                main.nodes.pop(path, None)
             else:
-                self.store.generation += 1
-                self.store.nodes[path] = replace(new, generation=self.store.generation)
+                old = main.nodes.get(path)
+                main.generation += 1
+                children = old.children if old is not None else ()
+                main.nodes[path] = replace(new, children=children, generation=main.generation)
+        # Children lists: keep what is there (others may have added children meanwhile), drop what the
+        # transaction removed, append what it created.
+        for parent in txn.parents | {_parent(p) for p in txn.dirty if p != "/"}:
+            node = main.nodes.get(parent)
+            if node is None:
+                continue
+            mine = txn.store.nodes.get(parent)
+            listed = [n for n in node.children if _join(parent, n) in main.nodes]
+            listed += [n for n in (mine.children if mine else ()) if n not in listed and _join(parent, n) in main.nodes]
+            main.generation += 1
+            main.nodes[parent] = replace(node, children=tuple(listed), generation=main.generation)
 
     # -- watches ----------------------------------------------------------------------------------------
 
@@ -592,12 +616,12 @@ class ServerCore:
             return None
         if isinstance(r, Release):
             if self.domains.pop(r.domid, None) is None:
-                raise _Fail("ENOENT", f"domain {r.domid} is not introduced")
+                raise _Fail("EINVAL", f"domain {r.domid} is not introduced")  # as oxenstored 4.17
             specials.append(("@releaseDomain", r.domid))
             return None
         if isinstance(r, Resume):
             if r.domid not in self.domains:
-                raise _Fail("ENOENT", f"domain {r.domid} is not introduced")
+                raise _Fail("EINVAL", f"domain {r.domid} is not introduced")
             return None
         if isinstance(r, SetTarget):
             d = self.domains.get(r.domid)
