@@ -80,8 +80,8 @@ class PhysInfo:
 
     @property
     def virt_caps(self) -> tuple[str, ...]:
-        """The capability flag names, in bit order (``("hvm", "pv", "hap", ...)``)."""
-        return tuple(str(f.name) for f in PhysCap if f in self.capabilities)
+        """The capability flags in bit order, spelled as ``xl info`` prints them (``gnttab-v1``)."""
+        return tuple(str(f.name).replace("gnttab_v", "gnttab-v") for f in PhysCap if f in self.capabilities)
 
 
 class DomainState(enum.Enum):
