@@ -2,7 +2,7 @@
 
 Rule 1: the protocol lives in sans-I/O cores (``ClientCore``, and the server core the simulator runs); the
 clients only move bytes between a ``Device`` from the kernel seam and a core, so the sync and asyncio faces
-can never disagree about what a message means.
+can never disagree about what a message means. ``XenstoreRing`` is the shared ring page, for either end.
 
 ::
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 from ._aio import AsyncClient, AsyncTransaction
 from ._client import DEFAULT_SOCKET, DEFAULT_TIMEOUT, Client, Transaction, socket_candidates
 from ._client_core import ClientCore, Closed, ErrorReply, Event, Reply, WatchEvent
+from ._ring import XENSTORE_RING_SIZE, ConnectionState, RingErrorCode, RingLayout, ServerFeature, XenstoreRing
 from ._wire import (
     HEADER_SIZE,
     XENSTORE_ABS_PATH_MAX,
@@ -67,12 +68,14 @@ __all__ = [
     "XENSTORE_ABS_PATH_MAX",
     "XENSTORE_PAYLOAD_MAX",
     "XENSTORE_REL_PATH_MAX",
+    "XENSTORE_RING_SIZE",
     "XSD_ERRORS",
     "AsyncClient",
     "AsyncTransaction",
     "Client",
     "ClientCore",
     "Closed",
+    "ConnectionState",
     "Control",
     "Directory",
     "DirectoryChunk",
@@ -98,7 +101,10 @@ __all__ = [
     "Request",
     "ResetWatches",
     "Resume",
+    "RingErrorCode",
+    "RingLayout",
     "Rm",
+    "ServerFeature",
     "SetFeature",
     "SetPerms",
     "SetQuota",
@@ -110,6 +116,7 @@ __all__ = [
     "Watch",
     "WatchEvent",
     "Write",
+    "XenstoreRing",
     "XsType",
     "socket_candidates",
 ]

@@ -1,0 +1,198 @@
+"""The xenstore ring page (``struct xenstore_domain_interface``) over any buffer, for either end.
+
+Rule 1: one implementation serves both ends: the front end (a guest) writes ``req`` and reads ``rsp``, the
+back end (xenstored) the reverse, and ``XenstoreRing(view, back=True)`` is the same code with the two
+halves swapped. Nothing here does I/O or signals an event channel: ``write``/``read`` move bytes and say how
+many; the caller notifies the peer when they return non-zero.
+
+Layout (io/xs_wire.h, docs/misc/xenstore-ring.txt): ``req[1024]`` at 0, ``rsp[1024]`` at 1024, then uint32
+``req_cons, req_prod, rsp_cons, rsp_prod`` at 2048..2063, ``server_features`` 2064, ``connection`` 2068,
+``error`` 2072 and, from Xen 4.21, ``evtchn_port`` 2076. Indices are free-running uint32 byte counters; the
+byte with index ``i`` lives at ``i % 1024``.
+
+The peer is not trusted: each index it owns is read once per call, and a producer more than 1024 bytes
+ahead of its consumer raises ``ProtocolError`` (the back end then reports XENSTORE_ERROR_RINGIDX). Python
+gives no memory barriers; data is copied before the index that publishes it is stored, and the index read
+before the data it covers, which is the order x86's TSO needs. Other architectures need more than this.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from dataclasses import dataclass
+
+from ..errors import ProtocolError
+
+__all__ = [
+    "XENSTORE_RING_SIZE",
+    "ConnectionState",
+    "RingErrorCode",
+    "RingLayout",
+    "ServerFeature",
+    "XenstoreRing",
+]
+
+XENSTORE_RING_SIZE = 1024
+_U32 = struct.Struct("<I")
+_MOD = 2**32
+
+
+class ServerFeature(enum.IntFlag):
+    """``XENSTORE_SERVER_FEATURE_*``: bits of ``server_features``."""
+
+    RECONNECTION = 1
+    ERROR = 2
+    WATCHDEPTH = 4  # Xen >= 4.19
+    DOMID_ANY = 8  # Xen >= 4.21
+
+
+class ConnectionState(enum.IntEnum):
+    """``XENSTORE_CONNECTED`` / ``XENSTORE_RECONNECT``: the ``connection`` field."""
+
+    CONNECTED = 0
+    RECONNECT = 1
+
+
+class RingErrorCode(enum.IntEnum):
+    """``XENSTORE_ERROR_*``: the ``error`` field."""
+
+    NONE = 0
+    COMM = 1
+    RINGIDX = 2
+    PROTO = 3
+
+
+@dataclass(frozen=True)
+class RingLayout:
+    """Offsets of ``struct xenstore_domain_interface`` (declared once; tests check them against gcc)."""
+
+    req: int = 0
+    rsp: int = XENSTORE_RING_SIZE
+    req_cons: int = 2048
+    req_prod: int = 2052
+    rsp_cons: int = 2056
+    rsp_prod: int = 2060
+    server_features: int = 2064
+    connection: int = 2068
+    error: int = 2072
+    evtchn_port: int = 2076  # Xen >= 4.21
+    size_417: int = 2076  # sizeof in Xen 4.17 .. 4.20
+    size_421: int = 2080  # sizeof from Xen 4.21
+
+
+LAYOUT = RingLayout()
+
+
+class XenstoreRing:
+    """One end of a xenstore ring in ``view`` (at least 2076 bytes, usually the whole 4 KiB page)."""
+
+    def __init__(self, view: memoryview | bytearray, *, back: bool = False) -> None:
+        mv = view if isinstance(view, memoryview) else memoryview(view)
+        if mv.nbytes < LAYOUT.size_417:
+            raise ValueError(f"a xenstore ring needs {LAYOUT.size_417} bytes, got {mv.nbytes}")
+        self._mv = mv.cast("B")
+        self.back = back
+        L = LAYOUT
+        if back:  # xenstored: consumes requests, produces responses
+            self._out, self._out_cons, self._out_prod = L.rsp, L.rsp_cons, L.rsp_prod
+            self._in, self._in_cons, self._in_prod = L.req, L.req_cons, L.req_prod
+        else:  # the guest: produces requests, consumes responses
+            self._out, self._out_cons, self._out_prod = L.req, L.req_cons, L.req_prod
+            self._in, self._in_cons, self._in_prod = L.rsp, L.rsp_cons, L.rsp_prod
+
+    def _get(self, off: int) -> int:
+        value: int = _U32.unpack_from(self._mv, off)[0]
+        return value
+
+    def _set(self, off: int, value: int) -> None:
+        _U32.pack_into(self._mv, off, value % _MOD)
+
+    @staticmethod
+    def _used(prod: int, cons: int, what: str) -> int:
+        used = (prod - cons) % _MOD
+        if used > XENSTORE_RING_SIZE:
+            raise ProtocolError(
+                f"xenstore ring {what}: producer {prod} is {used} bytes ahead of consumer {cons} "
+                f"(at most {XENSTORE_RING_SIZE})"
+            )
+        return used
+
+    def writable(self) -> int:
+        """Free bytes in our output half."""
+        return XENSTORE_RING_SIZE - self._used(self._get(self._out_prod), self._get(self._out_cons), "output")
+
+    def readable(self) -> int:
+        """Bytes waiting in our input half."""
+        return self._used(self._get(self._in_prod), self._get(self._in_cons), "input")
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        """Copy as much of ``data`` as fits into the output half; return how much (notify the peer if > 0)."""
+        prod = self._get(self._out_prod)
+        cons = self._get(self._out_cons)  # the peer's: read once
+        room = XENSTORE_RING_SIZE - self._used(prod, cons, "output")
+        n = min(room, len(data))
+        src = memoryview(data).cast("B")
+        done = 0
+        while done < n:
+            at = (prod + done) % XENSTORE_RING_SIZE
+            chunk = min(n - done, XENSTORE_RING_SIZE - at)
+            base = self._out + at
+            self._mv[base : base + chunk] = src[done : done + chunk]
+            done += chunk
+        if n:
+            self._set(self._out_prod, prod + n)  # publish after the data
+        return n
+
+    def read(self, n: int = XENSTORE_RING_SIZE) -> bytes:
+        """Take up to ``n`` bytes from the input half (notify the peer if any were taken)."""
+        prod = self._get(self._in_prod)  # the peer's: read once, before the data it covers
+        cons = self._get(self._in_cons)
+        take = min(n, self._used(prod, cons, "input"))
+        out = bytearray()
+        while len(out) < take:
+            at = (cons + len(out)) % XENSTORE_RING_SIZE
+            chunk = min(take - len(out), XENSTORE_RING_SIZE - at)
+            base = self._in + at
+            out += self._mv[base : base + chunk]
+        if take:
+            self._set(self._in_cons, cons + take)
+        return bytes(out)
+
+    # -- signalling fields --------------------------------------------------------------------------------
+
+    @property
+    def server_features(self) -> ServerFeature:
+        return ServerFeature(self._get(LAYOUT.server_features))
+
+    @server_features.setter
+    def server_features(self, value: int) -> None:
+        self._require_back("server_features")
+        self._set(LAYOUT.server_features, value)
+
+    @property
+    def connection(self) -> int:
+        return self._get(LAYOUT.connection)
+
+    @connection.setter
+    def connection(self, value: int) -> None:
+        self._set(LAYOUT.connection, value)
+
+    @property
+    def error(self) -> int:
+        return self._get(LAYOUT.error)
+
+    @error.setter
+    def error(self, value: int) -> None:
+        self._require_back("error")
+        self._set(LAYOUT.error, value)
+
+    def _require_back(self, what: str) -> None:
+        if not self.back:
+            raise PermissionError(f"only xenstored (the back end) writes {what}")
+
+    def reset(self, start: int = 0) -> None:
+        """Back end: empty both halves (indices set to ``start``), as after a reconnection."""
+        self._require_back("the indices on reset")
+        for off in (LAYOUT.req_cons, LAYOUT.req_prod, LAYOUT.rsp_cons, LAYOUT.rsp_prod):
+            self._set(off, start)
