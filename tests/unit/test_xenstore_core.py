@@ -293,3 +293,19 @@ def test_other_over_long_messages_are_refused(request_: W.Request[Any], header: 
     core.receive_data(W.HEADER.pack(*header))
     with pytest.raises(E.ProtocolError, match="XENSTORE_PAYLOAD_MAX"):
         core.next_event()
+
+
+def test_a_zero_length_request_is_followed_by_a_nudge_whose_reply_is_dropped() -> None:
+    # oxenstored (Xen 4.17, seen in the lab) only processes an empty-payload message when more bytes come.
+    core = ClientCore()
+    req = W.GetFeature()
+    msgs = list(W.iter_messages(core.send(req)))
+    assert [(m.type, m.req_id, m.payload) for m in msgs] == [
+        (XsType.GET_FEATURE, 1, b""),
+        (XsType.GET_DOMAIN_PATH, 2, b"0\0"),
+    ]
+    core.receive_data(W.encode_error(1, 0, "ENOSYS") + reply(W.GetDomainPath(0), 2, "/local/domain/0"))
+    (ev,) = events(core)
+    assert isinstance(ev, ErrorReply) and ev.request is req
+    assert core.outstanding == 0
+    assert len(list(W.iter_messages(core.send(W.Read("/a"))))) == 1  # non-empty payloads go alone
