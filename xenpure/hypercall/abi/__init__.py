@@ -22,6 +22,9 @@ from . import (
     elfnote,
     event_channel,
     grant_table,
+    linux_evtchn,
+    linux_gntalloc,
+    linux_gntdev,
     memory,
     privcmd,
     sched,
@@ -29,8 +32,8 @@ from . import (
     version,
     xen,
 )
+from ._ioctl import IOCTLS
 from .domctl import DOMCTL_VERSIONS
-from .privcmd import IOCTLS
 from .sysctl import SYSCTL_VERSIONS
 
 __all__ = [
@@ -45,6 +48,9 @@ __all__ = [
     "event_channel",
     "grant_table",
     "layouts",
+    "linux_evtchn",
+    "linux_gntalloc",
+    "linux_gntdev",
     "memory",
     "privcmd",
     "release",

@@ -1,15 +1,16 @@
 """Declarations from Linux's uapi xen/privcmd.h: the ioctls of /dev/xen/privcmd.
 
 Rule 1: an ioctl number is computed from its record's size exactly as the kernel's ``_IOC`` macro does,
-so a layout error shows up as a wrong ioctl number (ENOTTY), never as silent corruption.
+so a layout error shows up as a wrong ioctl number (ENOTTY), never as silent corruption. ``Ioctl``,
+``ioc`` and the ``IOCTLS`` registry live in ``abi._ioctl`` (shared by every device) and are re-exported.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import IntEnum
 
 from .._layout import Array, Constants, Decl, F, constants_registry, handle, u16, u32, u64
+from ._ioctl import IOCTLS, Ioctl, ioc, ioctl
 
 __all__ = [
     "IOCTLS",
@@ -22,28 +23,6 @@ __all__ = [
     "MmapBatchError",
     "ioc",
 ]
-
-# asm-generic/ioctl.h, which x86 uses.
-_IOC_NRSHIFT, _IOC_TYPESHIFT, _IOC_SIZESHIFT, _IOC_DIRSHIFT = 0, 8, 16, 30
-IOC_NONE, IOC_WRITE, IOC_READ = 0, 1, 2
-
-
-def ioc(direction: int, kind: str, nr: int, size: int) -> int:
-    """The kernel's ``_IOC(dir, type, nr, size)``."""
-    if size >= 1 << 14:
-        raise ValueError(f"ioctl argument size {size} does not fit in 14 bits")
-    return (direction << _IOC_DIRSHIFT) | (size << _IOC_SIZESHIFT) | (ord(kind) << _IOC_TYPESHIFT) | nr
-
-
-@dataclass(frozen=True)
-class Ioctl:
-    """An ioctl: its C macro name, number, and the C type of the argument passed by pointer."""
-
-    name: str
-    request: int
-    argtype: str
-    header: str
-
 
 PRIVCMD_HYPERCALL = Decl(
     "privcmd_hypercall", "linux:xen/privcmd.h", (F("op", u64), F("arg", Array(u64, 5))),
@@ -67,27 +46,12 @@ PRIVCMD_MMAP_RESOURCE = Decl(
 )
 
 
-def _ioctl(name: str, nr: int, arg: Decl) -> Ioctl:
-    return Ioctl(name, ioc(IOC_NONE, "P", nr, arg.layout().size), f"struct {arg.cname}", "linux:xen/privcmd.h")
-
-
-IOCTL_PRIVCMD_HYPERCALL = _ioctl("IOCTL_PRIVCMD_HYPERCALL", 0, PRIVCMD_HYPERCALL)
-IOCTL_PRIVCMD_MMAPBATCH_V2 = _ioctl("IOCTL_PRIVCMD_MMAPBATCH_V2", 4, PRIVCMD_MMAPBATCH_V2)
-IOCTL_PRIVCMD_DM_OP = _ioctl("IOCTL_PRIVCMD_DM_OP", 5, PRIVCMD_DM_OP)
-IOCTL_PRIVCMD_RESTRICT = Ioctl("IOCTL_PRIVCMD_RESTRICT", ioc(IOC_NONE, "P", 6, 2), "domid_t", "linux:xen/privcmd.h")
-IOCTL_PRIVCMD_MMAP_RESOURCE = _ioctl("IOCTL_PRIVCMD_MMAP_RESOURCE", 7, PRIVCMD_MMAP_RESOURCE)
-
-#: Every declared ioctl, by C macro name (other device modules append theirs).
-IOCTLS: dict[str, Ioctl] = {
-    i.name: i
-    for i in (
-        IOCTL_PRIVCMD_HYPERCALL,
-        IOCTL_PRIVCMD_MMAPBATCH_V2,
-        IOCTL_PRIVCMD_DM_OP,
-        IOCTL_PRIVCMD_RESTRICT,
-        IOCTL_PRIVCMD_MMAP_RESOURCE,
-    )
-}
+_H = "linux:xen/privcmd.h"
+IOCTL_PRIVCMD_HYPERCALL = ioctl("IOCTL_PRIVCMD_HYPERCALL", "P", 0, PRIVCMD_HYPERCALL, _H)
+IOCTL_PRIVCMD_MMAPBATCH_V2 = ioctl("IOCTL_PRIVCMD_MMAPBATCH_V2", "P", 4, PRIVCMD_MMAPBATCH_V2, _H)
+IOCTL_PRIVCMD_DM_OP = ioctl("IOCTL_PRIVCMD_DM_OP", "P", 5, PRIVCMD_DM_OP, _H)
+IOCTL_PRIVCMD_RESTRICT = ioctl("IOCTL_PRIVCMD_RESTRICT", "P", 6, None, _H, argtype="domid_t", size=2)
+IOCTL_PRIVCMD_MMAP_RESOURCE = ioctl("IOCTL_PRIVCMD_MMAP_RESOURCE", "P", 7, PRIVCMD_MMAP_RESOURCE, _H)
 
 
 class MmapBatchError(IntEnum):
