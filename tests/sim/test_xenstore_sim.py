@@ -403,7 +403,7 @@ def test_open_falls_back_to_xenbus_and_honours_xenstored_path(
 
     monkeypatch.setenv("XENSTORED_PATH", "/custom/socket")
     with Client.open(NoSocket(), timeout=5) as xs:  # type: ignore[arg-type]
-        assert xs.device.path == "/dev/xen/xenbus"
+        assert xs.device.path == "/dev/xen/xenbus" and not xs._core.pipeline
         assert xs.read("/local/domain/0/name") == b"Domain-0"
     assert tried == ["/custom/socket", "/run/xenstored/socket"]
     with pytest.raises(E.DeviceUnavailable) as info:
@@ -475,6 +475,17 @@ def test_asyncio_client(kernel: SimKernel, xenstored: SimXenstored) -> None:
             with pytest.raises(E.TooBig):
                 await xs.write("/x", b"x" * 5000)
             assert await xs.control("check") == b"OK"
+
+    asyncio.run(main())
+
+
+def test_asyncio_client_on_the_xenbus_device_does_not_pipeline(kernel: SimKernel) -> None:
+    async def main() -> None:
+        async with AsyncClient(kernel.open("xenbus"), timeout=5) as xs:
+            assert xs.device.path == "/dev/xen/xenbus" and not xs._core.pipeline
+            await asyncio.gather(*(xs.write(f"/x/{i}", str(i)) for i in range(30)))
+            values = await asyncio.gather(*(xs.read(f"/x/{i}") for i in range(30)))
+            assert values == [str(i).encode() for i in range(30)]
 
     asyncio.run(main())
 

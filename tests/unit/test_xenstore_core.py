@@ -309,3 +309,49 @@ def test_a_zero_length_request_is_followed_by_a_nudge_whose_reply_is_dropped() -
     assert isinstance(ev, ErrorReply) and ev.request is req
     assert core.outstanding == 0
     assert len(list(W.iter_messages(core.send(W.Read("/a"))))) == 1  # non-empty payloads go alone
+
+
+def test_without_pipelining_one_request_is_on_the_wire_at_a_time() -> None:
+    # The Linux xenbus device mangles a request written while another is unanswered (seen in the lab).
+    core = ClientCore(pipeline=False)
+    reqs = [W.Write(f"/p/{i}", b"v") for i in range(3)]
+    first = core.send(reqs[0])
+    assert ids_of(first) == [1]
+    assert core.send(reqs[1]) == b"" and core.send(reqs[2]) == b""  # queued
+    assert core.data_to_send() == b"" and core.outstanding == 3
+    written = [first]
+    for i in range(3):
+        core.receive_data(reply(reqs[i], i + 1, None))
+        (ev,) = events(core)
+        assert isinstance(ev, Reply) and ev.request is reqs[i]
+        nxt = core.data_to_send()
+        if i < 2:
+            assert ids_of(nxt) == [i + 2]  # exactly one message per write
+            written.append(nxt)
+        else:
+            assert nxt == b""
+    assert core.outstanding == 0
+
+
+def test_without_pipelining_an_abandoned_queued_request_is_never_sent() -> None:
+    core = ClientCore(pipeline=False)
+    a, b, c = W.Read("/a"), W.Read("/b"), W.Read("/c")
+    core.send(a)
+    core.send(b)
+    core.send(c)
+    core.abandon(b)  # timed out before it was even written
+    core.receive_data(reply(a, 1, b"x"))
+    events(core)
+    assert ids_of(core.data_to_send()) == [3]
+    core.abandon(c)  # on the wire: its late reply is dropped, then the queue moves on
+    core.send(W.Read("/d"))
+    core.receive_data(reply(c, 3, b"late"))
+    assert events(core) == []
+    assert ids_of(core.data_to_send()) == [4]
+
+
+def test_with_pipelining_data_to_send_is_always_empty() -> None:
+    core = ClientCore()
+    core.send(W.Read("/a"))
+    core.send(W.Read("/b"))
+    assert core.data_to_send() == b"" and core.outstanding == 2

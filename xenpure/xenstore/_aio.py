@@ -4,7 +4,9 @@ Rule 1: this module only moves bytes. The loop tells us when the descriptor is r
 core, and hand each reply to the future of the call that sent its request and each watch event to a queue.
 Many calls may be in flight at once (pipelined on the one connection); each waits only for its own reply.
 
-Writes are short (a message is at most 4112 bytes) and go straight to the device.
+Writes are short (a message is at most 4112 bytes) and go straight to the device. On the xenbus device,
+which cannot take a request while another is unanswered, the core queues requests and the reader writes
+each one as the reply before it arrives.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any, TypeVar
 from ..errors import ConnectionClosed, ProtocolError, Timeout, TransactionConflict, XenstoreError
 from ..kernel import Device, Kernel
 from . import _ops
-from ._client import DEFAULT_ATTEMPTS, DEFAULT_TIMEOUT, open_device
+from ._client import DEFAULT_ATTEMPTS, DEFAULT_TIMEOUT, can_pipeline, open_device
 from ._client_core import ClientCore, Closed, ErrorReply, Reply, WatchEvent
 from ._wire import (
     Control,
@@ -151,10 +153,12 @@ class AsyncClient(_AsyncNodeOps):
     """A connection to xenstored for asyncio code. Create it inside a running loop (``await
     AsyncClient.open(kernel)`` or ``AsyncClient(device)``); close it with ``close()`` or ``async with``."""
 
-    def __init__(self, device: Device, *, timeout: float | None = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self, device: Device, *, timeout: float | None = DEFAULT_TIMEOUT, pipeline: bool | None = None
+    ) -> None:
         self.device = device
         self.timeout = timeout
-        self._core = ClientCore()
+        self._core = ClientCore(pipeline=can_pipeline(device) if pipeline is None else pipeline)
         self._loop = asyncio.get_running_loop()
         self._waiters: dict[int, asyncio.Future[Reply[Any] | ErrorReply]] = {}
         self._watch_queue: asyncio.Queue[WatchEvent] = asyncio.Queue()
@@ -184,6 +188,7 @@ class AsyncClient(_AsyncNodeOps):
                     fut = self._waiters.pop(id(ev.request), None)
                     if fut is not None and not fut.done():
                         fut.set_result(ev)
+            self._write(self._core.data_to_send())
         except (ProtocolError, OSError) as e:
             self._fail(e)
 
@@ -205,14 +210,11 @@ class AsyncClient(_AsyncNodeOps):
         data = self._core.send(request, tx_id=tx_id)
         fut: asyncio.Future[Reply[Any] | ErrorReply] = self._loop.create_future()
         self._waiters[id(request)] = fut
-        view = memoryview(data)
         try:
-            while view:
-                n = self.device.write(bytes(view))
-                view = view[n:]
-        except (BrokenPipeError, ConnectionResetError) as e:
+            self._write(data)
+        except ConnectionClosed:
             self._waiters.pop(id(request), None)
-            raise ConnectionClosed(f"xenstored closed the connection on {self.device.path}") from e
+            raise
         remaining = None if deadline is None else max(0.0, deadline - self._loop.time())
         try:
             return await asyncio.wait_for(fut, remaining)
@@ -226,6 +228,15 @@ class AsyncClient(_AsyncNodeOps):
             self._waiters.pop(id(request), None)
             self._core.abandon(request)
             raise
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        try:
+            while view:
+                n = self.device.write(bytes(view))
+                view = view[n:]
+        except (BrokenPipeError, ConnectionResetError) as e:
+            raise ConnectionClosed(f"xenstored closed the connection on {self.device.path}") from e
 
     async def _run(self, proc: _ops.Proc[T], timeout: float | None) -> T:
         t = self.timeout if timeout is None else timeout

@@ -59,7 +59,7 @@ from ._wire import (
     Write,
 )
 
-__all__ = ["DEFAULT_SOCKET", "DEFAULT_TIMEOUT", "Client", "Transaction", "socket_candidates"]
+__all__ = ["DEFAULT_SOCKET", "DEFAULT_TIMEOUT", "Client", "Transaction", "can_pipeline", "socket_candidates"]
 
 log = logging.getLogger("xenpure.xenstore")
 
@@ -87,6 +87,12 @@ def socket_candidates(path: str | None = None) -> list[str]:
     if DEFAULT_SOCKET not in out:
         out.append(DEFAULT_SOCKET)
     return out
+
+
+def can_pipeline(device: Device) -> bool:
+    """Whether requests may be pipelined on ``device``: not on the xenbus device (/dev/xen/xenbus,
+    /proc/xen/xenbus), which mangles a request written while another is unanswered (Linux 6.1, lab)."""
+    return not device.path.rstrip("/").endswith("/xenbus")
 
 
 def open_device(kernel: Kernel, path: str | None = None) -> Device:
@@ -220,12 +226,17 @@ class Client(_NodeOps):
 
     ``Client.open(kernel)`` finds one; ``Client(device)`` wraps a ``Device`` you opened. Use it as a context
     manager (or call ``close``). One thread at a time issues calls (a lock serialises them).
+
+    ``pipeline`` (default: not on the xenbus device, which cannot take a request while another is
+    unanswered) says whether requests may be written before earlier ones are answered.
     """
 
-    def __init__(self, device: Device, *, timeout: float | None = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self, device: Device, *, timeout: float | None = DEFAULT_TIMEOUT, pipeline: bool | None = None
+    ) -> None:
         self.device = device
         self.timeout = timeout
-        self._core = ClientCore()
+        self._core = ClientCore(pipeline=can_pipeline(device) if pipeline is None else pipeline)
         self._selector = selectors.DefaultSelector()
         self._selector.register(device.fileno(), selectors.EVENT_READ)
         self._events: dict[int, Reply[Any] | ErrorReply] = {}
@@ -267,6 +278,9 @@ class Client(_NodeOps):
                 self._closed_event = ev
             else:
                 self._events[id(ev.request)] = ev
+        out = self._core.data_to_send()
+        if out:
+            self._write(out)
 
     def _write(self, data: bytes) -> None:
         view = memoryview(data)
@@ -280,7 +294,9 @@ class Client(_NodeOps):
     def _roundtrip(self, request: Request[Any], tx_id: int, deadline: float | None) -> Reply[Any] | ErrorReply:
         if self._is_closed:
             raise ConnectionClosed("the client is closed")
-        self._write(self._core.send(request, tx_id=tx_id))
+        data = self._core.send(request, tx_id=tx_id)
+        if data:
+            self._write(data)
         key = id(request)
         try:
             while key not in self._events:

@@ -22,6 +22,7 @@ Every message is logged decoded at DEBUG on logger ``xenpure.xenstore``.
 
 from __future__ import annotations
 
+import collections
 import logging
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -99,13 +100,22 @@ def _short(value: object, limit: int = 200) -> str:
 
 
 class ClientCore:
-    """One connection's protocol state: request ids, outstanding requests, and a framer."""
+    """One connection's protocol state: request ids, outstanding requests, and a framer.
 
-    def __init__(self) -> None:
+    ``pipeline=False`` keeps at most one request on the wire: ``send`` queues the others, and each is
+    released by ``data_to_send`` once the reply before it has arrived. The Linux xenbus device needs this
+    (seen in the lab, Linux 6.1: a request written while another is unanswered, or a second message in
+    the same write, is mangled or lost); xenstored's socket pipelines fine.
+    """
+
+    def __init__(self, *, pipeline: bool = True) -> None:
+        self.pipeline = pipeline
         self._framer = Framer(oversized=self._oversized)
         self._next_id = 1
         self._pending: dict[int, tuple[Request[Any], int]] = {}
         self._abandoned: set[int] = set()
+        self._queue: collections.deque[tuple[int, bytes]] = collections.deque()  # pipeline=False only
+        self._on_wire: int | None = None  # pipeline=False: the request written and not yet answered
         self._closed = False
         self._error: ProtocolError | None = None
 
@@ -137,8 +147,21 @@ class ClientCore:
         self._next_id = (req_id + 1) % _ID_MOD
         self._pending[req_id] = (request, tx_id)
         log.debug("-> %s req_id=%d tx_id=%d %s", request.TYPE.name, req_id, tx_id, _short(request))
+        messages = [(req_id, data)]
         if len(data) == HEADER_SIZE:
-            data += self._nudge()
+            messages.append(self._nudge())
+        if self.pipeline:
+            return b"".join(m for _, m in messages)
+        self._queue.extend(messages)
+        return self.data_to_send()
+
+    def data_to_send(self) -> bytes:
+        """Bytes to write now that were held back (``pipeline=False``): the next queued request, once the
+        one before it has been answered. Write them as one ``write`` call. Always ``b""`` when pipelining."""
+        if self.pipeline or self._on_wire is not None or not self._queue or self._closed:
+            return b""
+        req_id, data = self._queue.popleft()
+        self._on_wire = req_id
         return data
 
     def _free_id(self) -> int:
@@ -147,7 +170,7 @@ class ClientCore:
             req_id = (req_id + 1) % _ID_MOD
         return req_id
 
-    def _nudge(self) -> bytes:
+    def _nudge(self) -> tuple[int, bytes]:
         """A harmless request whose reply is dropped, sent right after a zero-length one.
 
         Seen in the lab (Xen 4.17): oxenstored leaves a message with an empty payload unprocessed until
@@ -160,7 +183,7 @@ class ClientCore:
         self._pending[req_id] = (nudge, 0)
         self._abandoned.add(req_id)
         log.debug("-> GET_DOMAIN_PATH req_id=%d (nudge: oxenstored waits for bytes after an empty message)", req_id)
-        return nudge.encode(req_id)
+        return req_id, nudge.encode(req_id)
 
     def _oversized(self, msg_type: int, req_id: int) -> int:
         entry = self._pending.get(req_id)
@@ -173,7 +196,11 @@ class ClientCore:
         """Forget the caller waiting for ``request`` (it timed out): its reply, when it comes, is dropped."""
         for req_id, (r, _) in self._pending.items():
             if r is request:
-                self._abandoned.add(req_id)
+                if any(q == req_id for q, _ in self._queue):  # never written: just forget it
+                    self._queue = collections.deque(e for e in self._queue if e[0] != req_id)
+                    del self._pending[req_id]
+                else:
+                    self._abandoned.add(req_id)
                 return
 
     def receive_data(self, data: bytes) -> None:
@@ -220,6 +247,8 @@ class ClientCore:
                 "(or which was already answered)"
             )
         request, _ = entry
+        if msg.req_id == self._on_wire:
+            self._on_wire = None
         abandoned = msg.req_id in self._abandoned
         self._abandoned.discard(msg.req_id)
         if msg.type is XsType.ERROR:
