@@ -355,3 +355,11 @@ def test_with_pipelining_data_to_send_is_always_empty() -> None:
     core.send(W.Read("/a"))
     core.send(W.Read("/b"))
     assert core.data_to_send() == b"" and core.outstanding == 2
+
+
+def test_error_names_outside_xsd_errors() -> None:
+    known = E.XenstoreError.from_reply("ENOTDIR", "READ", "/a")  # an errno, but no class of its own
+    assert type(known) is E.XenstoreError and known.errno == 20 and "ENOTDIR" in str(known)
+    odd = E.XenstoreError.from_reply("EQUOTA", "WRITE", "/a")  # not an errno at all: kept, not collapsed
+    assert type(odd) is E.XenstoreError and odd.errno is None and odd.error == "EQUOTA"
+    assert isinstance(E.ConnectionClosed(), ConnectionResetError)
