@@ -6,6 +6,8 @@ what the core returns, wait (with a deadline) for the descriptor to become reada
 
 Every blocking call takes ``timeout`` (seconds; ``None`` means the client's default) and raises ``Timeout``
 when it runs out; a reply that arrives after its caller gave up is dropped, so the connection stays usable.
+On the xenbus device the core holds each request back until the one before it is answered (the driver
+cannot take two at once); the pump writes it when it is released.
 """
 
 from __future__ import annotations
@@ -268,7 +270,10 @@ class Client(_NodeOps):
             raise ConnectionClosed(f"xenstored closed the connection; {waiting_for} will not come")
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
         if not self._selector.select(remaining):
-            raise Timeout(f"no {waiting_for} from xenstored on {self.device.path} within the timeout")
+            raise Timeout(
+                f"no {waiting_for} from xenstored on {self.device.path} within the timeout "
+                f"({self._core.outstanding} requests unanswered, {len(self._watch_events)} watch events queued)"
+            )
         data = self.device.read(_READ_SIZE)
         self._core.receive_data(data)
         while (ev := self._core.next_event()) is not None:
