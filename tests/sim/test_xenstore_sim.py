@@ -224,6 +224,8 @@ def test_introduce_and_release_domain_watches(xs: Client, xenstored: SimXenstore
     got = drain(xs)
     assert got.count(WatchEvent("@releaseDomain", "out")) == 2
     assert got.count(WatchEvent("@releaseDomain/5", "out-id")) == 2
+    xenstored.release(9)  # never introduced: the watch still fires, nothing raises
+    assert drain(xs) == [WatchEvent("@releaseDomain", "out"), WatchEvent("@releaseDomain/9", "out-id")]
 
 
 def test_reset_watches(xs: Client) -> None:

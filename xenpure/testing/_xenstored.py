@@ -214,8 +214,14 @@ class SimXenstored:
         self._call(Introduce(domid, gfn, evtchn))
 
     def release(self, domid: int) -> None:
-        """XS_RELEASE ``domid``: fires ``@releaseDomain``."""
-        self._call(Release(domid))
+        """XS_RELEASE ``domid``: fires ``@releaseDomain``. A domain that was never introduced only fires
+        the watch (xenstored notices any domain's death), so the simulator may call this for every domain
+        it destroys."""
+        with self._lock:
+            if domid in self.core.domains:
+                self._call(Release(domid))
+            else:
+                self._deliver(self.core.fire_special("@releaseDomain", domid))
 
     def domain_changed(self, domid: int) -> None:
         """Fire ``@releaseDomain`` without releasing (a domain shut down, crashed or died)."""
