@@ -243,9 +243,7 @@ class XenstoreError(XenError, OSError):
     not an errno this Python knows. ``op`` names the message type (``"READ"``), ``path`` the node, if any.
     """
 
-    def __init__(
-        self, error: str, op: str, path: str | None = None, detail: str = "", err: int | None = None
-    ) -> None:
+    def __init__(self, error: str, op: str, path: str | None = None, detail: str = "", err: int | None = None) -> None:
         self.error = error
         self.op = op
         self.path = path
