@@ -3,9 +3,13 @@ hostile indices, and a whole client <-> server conversation carried over it."""
 
 from __future__ import annotations
 
+import contextlib
+import select
 import shutil
+import socket
 import struct
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -13,9 +17,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from xenpure import errors as E
+from xenpure.xenstore import Client, WatchEvent
 from xenpure.xenstore import _wire as W
 from xenpure.xenstore._client_core import ClientCore, Reply
-from xenpure.xenstore._ring import LAYOUT, XENSTORE_RING_SIZE, ServerFeature, XenstoreRing
+from xenpure.xenstore._ring import LAYOUT, XENSTORE_RING_SIZE, RingDevice, ServerFeature, XenstoreRing
 from xenpure.xenstore._server_core import Send, ServerCore
 
 _C = r"""
@@ -166,3 +171,70 @@ def test_a_conversation_over_the_ring() -> None:
             assert isinstance(ev, Reply)
             replies.append(ev)
     assert [r.value for r in replies] == [None, b"v" * 1500]
+
+
+class SocketBell:
+    """A doorbell from a socketpair: notify sends a byte to the peer, ack drains ours."""
+
+    def __init__(self, mine: socket.socket) -> None:
+        self.sock = mine
+        self.sock.setblocking(False)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def notify(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            self.sock.send(b"!")
+
+    def ack(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while self.sock.recv(4096):
+                pass
+
+
+def serve(dev: RingDevice, server: ServerCore, conn: int, stop: threading.Event) -> None:
+    """A minimal xenstored loop over the back end of a ring."""
+    while not stop.is_set():
+        r, _, _ = select.select([dev.fileno()], [], [], 0.05)
+        if not r:
+            continue
+        dev.bell.ack()
+        data = dev.ring.read()
+        if not data:
+            continue
+        dev.bell.notify()
+        for out in server.receive_data(conn, data):
+            assert isinstance(out, Send)
+            view = memoryview(out.data)
+            while view:
+                view = view[dev.write(bytes(view)) :]
+
+
+def test_a_client_over_a_ring_device() -> None:
+    buf = page(2**32 - 100)
+    a, b = socket.socketpair()
+    front = RingDevice(XenstoreRing(buf), SocketBell(a), path="ring:front")
+    back = RingDevice(XenstoreRing(buf, back=True), SocketBell(b), path="ring:back")
+    server = ServerCore()
+    conn = server.connect(0)
+    stop = threading.Event()
+    t = threading.Thread(target=serve, args=(back, server, conn, stop), daemon=True)
+    t.start()
+    try:
+        with Client(front, timeout=5) as xs:  # type: ignore[arg-type]
+            xs.write("/r/big", b"x" * 4000)  # a message four times the ring
+            assert xs.read("/r/big") == b"x" * 4000
+            xs.watch("/r", "t")
+            assert xs.next_watch_event() == WatchEvent("/r", "t")
+            with xs.transaction() as tx:
+                for i in range(50):
+                    tx.write(f"/r/{i}", str(i))
+            assert len(xs.directory("/r")) == 51
+            events = [xs.next_watch_event().path for _ in range(50)]  # fired at commit
+            assert sorted(events) == sorted(f"/r/{i}" for i in range(50))
+    finally:
+        stop.set()
+        t.join(5)
+        a.close()
+        b.close()

@@ -19,7 +19,16 @@ from __future__ import annotations
 from ._aio import AsyncClient, AsyncTransaction
 from ._client import DEFAULT_SOCKET, DEFAULT_TIMEOUT, Client, Transaction, socket_candidates
 from ._client_core import ClientCore, Closed, ErrorReply, Event, Reply, WatchEvent
-from ._ring import XENSTORE_RING_SIZE, ConnectionState, RingErrorCode, RingLayout, ServerFeature, XenstoreRing
+from ._ring import (
+    XENSTORE_RING_SIZE,
+    ConnectionState,
+    Doorbell,
+    RingDevice,
+    RingErrorCode,
+    RingLayout,
+    ServerFeature,
+    XenstoreRing,
+)
 from ._wire import (
     HEADER_SIZE,
     XENSTORE_ABS_PATH_MAX,
@@ -80,6 +89,7 @@ __all__ = [
     "Directory",
     "DirectoryChunk",
     "DirectoryPart",
+    "Doorbell",
     "ErrorReply",
     "Event",
     "Framer",
@@ -101,6 +111,7 @@ __all__ = [
     "Request",
     "ResetWatches",
     "Resume",
+    "RingDevice",
     "RingErrorCode",
     "RingLayout",
     "Rm",

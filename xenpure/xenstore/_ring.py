@@ -2,8 +2,9 @@
 
 Rule 1: one implementation serves both ends: the front end (a guest) writes ``req`` and reads ``rsp``, the
 back end (xenstored) the reverse, and ``XenstoreRing(view, back=True)`` is the same code with the two
-halves swapped. Nothing here does I/O or signals an event channel: ``write``/``read`` move bytes and say how
-many; the caller notifies the peer when they return non-zero.
+halves swapped. ``XenstoreRing`` does no I/O and signals nothing: ``write``/``read`` move bytes and say how
+many. ``RingDevice`` adds the event channel (any ``Doorbell``) and makes the pair a ``Device`` that the
+xenstore clients (or a server) can use like the socket.
 
 Layout (io/xs_wire.h, docs/misc/xenstore-ring.txt): ``req[1024]`` at 0, ``rsp[1024]`` at 1024, then uint32
 ``req_cons, req_prod, rsp_cons, rsp_prod`` at 2048..2063, ``server_features`` 2064, ``connection`` 2068,
@@ -19,14 +20,19 @@ before the data it covers, which is the order x86's TSO needs. Other architectur
 from __future__ import annotations
 
 import enum
+import select
 import struct
+import time
 from dataclasses import dataclass
+from typing import Protocol
 
 from ..errors import ProtocolError
 
 __all__ = [
     "XENSTORE_RING_SIZE",
     "ConnectionState",
+    "Doorbell",
+    "RingDevice",
     "RingErrorCode",
     "RingLayout",
     "ServerFeature",
@@ -196,3 +202,76 @@ class XenstoreRing:
         self._require_back("the indices on reset")
         for off in (LAYOUT.req_cons, LAYOUT.req_prod, LAYOUT.rsp_cons, LAYOUT.rsp_prod):
             self._set(off, start)
+
+
+class Doorbell(Protocol):
+    """The event channel of a ring, as the ring needs it (an adapter over ``xenpure.evtchn`` provides it).
+
+    ``fileno`` is readable while a notification from the peer is pending; ``ack`` takes the pending
+    notifications and unmasks the port; ``notify`` signals the peer.
+    """
+
+    def fileno(self) -> int: ...
+
+    def notify(self) -> None: ...
+
+    def ack(self) -> None: ...
+
+
+class RingDevice:
+    """A ``Device`` (fileno/read/write/close) over one end of a xenstore ring and its event channel, so
+    ``Client(RingDevice(...))`` talks xenstore through a shared page (front end), or a server reads requests
+    through it (``back=True``).
+
+    ``read`` takes the pending notifications first, then the bytes; it blocks (waiting on the event channel)
+    only if the ring is empty, so a spurious wake-up never looks like the end of the stream. ``write``
+    never consumes notifications (they belong to the reader): when the ring is full it polls for space
+    every ``poll`` seconds, which is rare (a message is at most 4112 bytes, the ring 1024, and the peer
+    drains it as soon as it is notified).
+    """
+
+    def __init__(
+        self, ring: XenstoreRing, bell: Doorbell, *, path: str = "xenstore ring", poll: float = 0.0005
+    ) -> None:
+        self.ring = ring
+        self.bell = bell
+        self.path = path
+        self._poll = poll
+        self._closed = False
+
+    def fileno(self) -> int:
+        if self._closed:
+            raise ValueError(f"{self.path} is closed")
+        return self.bell.fileno()
+
+    def read(self, n: int) -> bytes:
+        while True:
+            self.bell.ack()
+            data = self.ring.read(n)
+            if data:
+                self.bell.notify()  # room for the peer to write more
+                return data
+            select.select([self.fileno()], [], [])
+
+    def write(self, data: bytes) -> int:
+        while True:
+            n = self.ring.write(data)
+            if n:
+                self.bell.notify()
+                return n
+            if self._closed:
+                raise ValueError(f"{self.path} is closed")
+            time.sleep(self._poll)
+
+    def close(self) -> None:
+        """Stop using the ring. The page and the event channel belong to whoever mapped and bound them."""
+        self._closed = True
+
+    def __enter__(self) -> RingDevice:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<RingDevice {self.path} {'back' if self.ring.back else 'front'}>"
