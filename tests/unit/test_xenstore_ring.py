@@ -3,6 +3,7 @@ hostile indices, and a whole client <-> server conversation carried over it."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import select
 import shutil
@@ -17,7 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from xenpure import errors as E
-from xenpure.xenstore import Client, WatchEvent
+from xenpure.xenstore import AsyncClient, Client, WatchEvent
 from xenpure.xenstore import _wire as W
 from xenpure.xenstore._client_core import ClientCore, Reply
 from xenpure.xenstore._ring import LAYOUT, XENSTORE_RING_SIZE, RingDevice, ServerFeature, XenstoreRing
@@ -199,11 +200,10 @@ def serve(dev: RingDevice, server: ServerCore, conn: int, stop: threading.Event)
         r, _, _ = select.select([dev.fileno()], [], [], 0.05)
         if not r:
             continue
-        dev.bell.ack()
-        data = dev.ring.read()
-        if not data:
+        try:
+            data = dev.read(4096)
+        except BlockingIOError:
             continue
-        dev.bell.notify()
         for out in server.receive_data(conn, data):
             assert isinstance(out, Send)
             view = memoryview(out.data)
@@ -233,6 +233,15 @@ def test_a_client_over_a_ring_device() -> None:
             assert len(xs.directory("/r")) == 51
             events = [xs.next_watch_event().path for _ in range(50)]  # fired at commit
             assert sorted(events) == sorted(f"/r/{i}" for i in range(50))
+            with pytest.raises(E.Timeout):  # a deadline holds while woken for nothing
+                xs.next_watch_event(timeout=0.2)
+
+            async def main() -> None:
+                async with AsyncClient(front, timeout=5) as axs:  # type: ignore[arg-type]
+                    values = await asyncio.gather(*(axs.read(f"/r/{i}") for i in range(50)))
+                    assert values == [str(i).encode() for i in range(50)]
+
+            asyncio.run(main())
     finally:
         stop.set()
         t.join(5)

@@ -177,7 +177,10 @@ class AsyncClient(_AsyncNodeOps):
 
     def _on_readable(self) -> None:
         try:
-            data = self.device.read(_READ_SIZE)
+            try:
+                data = self.device.read(_READ_SIZE)
+            except BlockingIOError:
+                return  # woken for nothing: the loop calls us again when there is more
             self._core.receive_data(data)
             while (ev := self._core.next_event()) is not None:
                 if isinstance(ev, WatchEvent):

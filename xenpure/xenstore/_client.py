@@ -274,7 +274,10 @@ class Client(_NodeOps):
                 f"no {waiting_for} from xenstored on {self.device.path} within the timeout "
                 f"({self._core.outstanding} requests unanswered, {len(self._watch_events)} watch events queued)"
             )
-        data = self.device.read(_READ_SIZE)
+        try:
+            data = self.device.read(_READ_SIZE)
+        except BlockingIOError:
+            return  # woken for nothing (a ring's event channel does this): wait again
         self._core.receive_data(data)
         while (ev := self._core.next_event()) is not None:
             if isinstance(ev, WatchEvent):

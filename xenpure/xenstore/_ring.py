@@ -20,7 +20,7 @@ before the data it covers, which is the order x86's TSO needs. Other architectur
 from __future__ import annotations
 
 import enum
-import select
+import errno
 import struct
 import time
 from dataclasses import dataclass
@@ -223,9 +223,9 @@ class RingDevice:
     ``Client(RingDevice(...))`` talks xenstore through a shared page (front end), or a server reads requests
     through it (``back=True``).
 
-    ``read`` takes the pending notifications first, then the bytes; it blocks (waiting on the event channel)
-    only if the ring is empty, so a spurious wake-up never looks like the end of the stream. ``write``
-    never consumes notifications (they belong to the reader): when the ring is full it polls for space
+    ``read`` takes the pending notifications first, then the bytes, and raises ``BlockingIOError`` if the
+    ring is empty (the clients then wait on ``fileno`` again, deadline included). ``write`` never consumes
+    notifications (they belong to the reader): when the ring is full it polls for space
     every ``poll`` seconds, which is rare (a message is at most 4112 bytes, the ring 1024, and the peer
     drains it as soon as it is notified).
     """
@@ -245,13 +245,16 @@ class RingDevice:
         return self.bell.fileno()
 
     def read(self, n: int) -> bytes:
-        while True:
-            self.bell.ack()
-            data = self.ring.read(n)
-            if data:
-                self.bell.notify()  # room for the peer to write more
-                return data
-            select.select([self.fileno()], [], [])
+        """Bytes from the ring; ``BlockingIOError`` (EAGAIN) if there are none yet (the notification was
+        for something else, e.g. the peer freeing space): wait on ``fileno`` again, as on a non-blocking
+        socket. Never ``b""``, which would mean the end of the stream."""
+        self.fileno()
+        self.bell.ack()  # before looking at the ring, so a notification that races with us is not lost
+        data = self.ring.read(n)
+        if not data:
+            raise BlockingIOError(errno.EAGAIN, "no data in the xenstore ring yet")
+        self.bell.notify()  # room for the peer to write more
+        return data
 
     def write(self, data: bytes) -> int:
         while True:
