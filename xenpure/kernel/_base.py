@@ -62,8 +62,11 @@ class Device(Protocol):
 
     def write(self, data: bytes) -> int: ...
 
-    def mmap(self, length: int, offset: int = 0) -> Mapping:
-        """Map ``length`` bytes of the device, shared and read-write."""
+    def mmap(self, length: int, offset: int = 0, *, readonly: bool = False) -> Mapping:
+        """Map ``length`` bytes of the device at ``offset``, shared; read-write unless ``readonly``.
+
+        A read-only mapping's ``view`` is a read-only memoryview. Raises ``OSError`` with the driver's errno.
+        """
         ...
 
     def close(self) -> None:

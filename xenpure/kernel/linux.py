@@ -47,9 +47,36 @@ def _c() -> ctypes.CDLL:
     return _libc
 
 
+class _PyBuffer(ctypes.Structure):
+    # CPython's Py_buffer, as far as the address: enough to ask a read-only mmap where it lives.
+    _fields_ = [
+        ("buf", ctypes.c_void_p),
+        ("obj", ctypes.py_object),
+        ("len", ctypes.c_ssize_t),
+        ("itemsize", ctypes.c_ssize_t),
+        ("readonly", ctypes.c_int),
+        ("ndim", ctypes.c_int),
+        ("format", ctypes.c_char_p),
+        ("shape", ctypes.c_void_p),
+        ("strides", ctypes.c_void_p),
+        ("suboffsets", ctypes.c_void_p),
+        ("internal", ctypes.c_void_p),
+    ]
+
+
 def _address_of(m: mmap.mmap) -> int:
-    # The ctypes object pins the mmap's buffer export; drop it at once so the mmap can be closed later.
-    obj = ctypes.c_char.from_buffer(m)
+    if m.closed:
+        raise ValueError("mmap is closed")
+    try:
+        # The ctypes object pins the mmap's buffer export; drop it at once so the mmap can be closed later.
+        obj = ctypes.c_char.from_buffer(m)
+    except TypeError:  # a read-only mapping: ask the buffer protocol itself (PyBUF_SIMPLE), then release
+        pb = _PyBuffer()
+        ctypes.pythonapi.PyObject_GetBuffer(ctypes.py_object(m), ctypes.byref(pb), 0)
+        try:
+            return int(pb.buf or 0)
+        finally:
+            ctypes.pythonapi.PyBuffer_Release(ctypes.byref(pb))
     addr = ctypes.addressof(obj)
     del obj
     return addr
@@ -122,9 +149,14 @@ class LinuxDevice:
     def write(self, data: bytes) -> int:
         return os.write(self.fileno(), data)
 
-    def mmap(self, length: int, offset: int = 0) -> LinuxMapping:
-        m = mmap.mmap(self.fileno(), length, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=offset)
-        return LinuxMapping(m, self.path)
+    def mmap(self, length: int, offset: int = 0, *, readonly: bool = False) -> LinuxMapping:
+        prot = mmap.PROT_READ if readonly else mmap.PROT_READ | mmap.PROT_WRITE
+        m = mmap.mmap(self.fileno(), length, mmap.MAP_SHARED, prot, offset=offset)
+        try:
+            return LinuxMapping(m, self.path)
+        except BaseException:
+            m.close()
+            raise
 
     def close(self) -> None:
         if self._fd >= 0:
