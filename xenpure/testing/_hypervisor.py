@@ -9,6 +9,7 @@ version, EEXIST, EINVAL, EPERM, EFAULT for a bad address, ENOSYS for what it doe
 from __future__ import annotations
 
 import errno
+import functools
 import threading
 import uuid
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from typing import Any, Protocol
 
 from ..hypercall._layout import Iface, Layout
 from ..hypercall.abi import release
+from ..hypercall.abi.arch_x86 import VCPU_GUEST_CONTEXT
 from ..hypercall.abi.domctl import (
     DOMCTL,
     GETDOMAININFO,
@@ -130,6 +132,9 @@ class SimXen:
         self.domains: dict[int, SimDomain] = {}
         self.lock = threading.RLock()
         self.tamper: Callable[[str, bytes], bytes] | None = None
+        #: ``hook(event, domain)`` for "shutdown" and "destroyed": the models of other subsystems (event
+        #: channels raise VIRQ_DOM_EXC, grant tables drop the domain's entries) follow domains from here.
+        self.domain_hooks: list[Callable[[str, SimDomain], None]] = []
         dom0 = self.add_domain(0, memory_mib=1024, vcpus=nr_cpus)
         dom0.handle = uuid.UUID(int=0)  # dom0 is built by Xen itself, with a zero handle
         dom0.blocked = False
@@ -175,7 +180,39 @@ class SimXen:
                 return self._sysctl(mem, args[0], privileged)
             if op == Hypercall.sched_op:
                 return self._sched_op(mem, args[0], args[1], privileged)
+            if op == Hypercall.event_channel_op:
+                return int(self.evtchn.hypercall(mem, args, privileged))
+            if op == Hypercall.grant_table_op:
+                return int(self.gnttab.hypercall(mem, args, privileged))
+            if op == Hypercall.memory_op:
+                return int(self.memory.hypercall(mem, args, privileged))
             raise XenErrno(errno.ENOSYS, f"hypercall {op} is not simulated")
+
+    # -- subsystems modelled in their own modules, created on first use --------------------------------
+    @functools.cached_property
+    def evtchn(self) -> Any:
+        """Event channels (``_evtchn.SimEventChannels``): ports, bindings, pending and mask bits."""
+        from ._evtchn import SimEventChannels
+
+        return SimEventChannels(self)
+
+    @functools.cached_property
+    def gnttab(self) -> Any:
+        """Grant tables (``_gnttab.SimGrantTables``): entries, flags, map counts."""
+        from ._gnttab import SimGrantTables
+
+        return SimGrantTables(self)
+
+    @functools.cached_property
+    def memory(self) -> Any:
+        """Machine memory (``_memory.SimMemory``): frames behind real shared pages, each domain's p2m."""
+        from ._memory import SimMemory
+
+        return SimMemory(self)
+
+    def _domain_event(self, event: str, d: SimDomain) -> None:
+        for hook in list(self.domain_hooks):
+            hook(event, d)
 
     def _reply(self, subop: str, view: memoryview, data: bytes) -> None:
         if self.tamper is not None:
@@ -274,6 +311,7 @@ class SimXen:
             raise XenErrno(errno.EINVAL, "domain 0 cannot be destroyed")
         d.dying = True
         del self.domains[domid]
+        self._domain_event("destroyed", d)
 
     def _domctl_pausedomain(self, mem: GuestMemory, domid: int, req: Any, view: memoryview) -> None:
         d = self._domain(domid)
@@ -307,6 +345,14 @@ class SimXen:
         running = not d.paused and d.shutdown_code is None and not d.blocked
         return {"vcpu": req.vcpu, "online": v.online, "blocked": not running and d.blocked,
                 "running": running, "cpu_time": v.cpu_time_ns, "cpu": v.cpu}
+
+    def _domctl_getvcpucontext(self, mem: GuestMemory, domid: int, req: Any, view: memoryview) -> None:
+        d = self._domain(domid)
+        if req.vcpu >= len(d.vcpus):
+            raise XenErrno(errno.ESRCH if req.vcpu < d.max_vcpus else errno.EINVAL, f"vcpu {req.vcpu}")
+        size = VCPU_GUEST_CONTEXT.layout().size
+        if req.ctxt:  # a NULL handle only checks the vcpu exists
+            mem.resolve(req.ctxt, size)[:] = d.vcpus[req.vcpu].context.ljust(size, b"\0")[:size]
 
     def _domctl_settimeoffset(self, mem: GuestMemory, domid: int, req: Any, view: memoryview) -> None:
         self._domain(domid).time_offset = req.time_offset_seconds
@@ -388,4 +434,5 @@ class SimXen:
         if d.domid == 0:
             raise XenErrno(errno.EINVAL, "dom0 cannot be remotely shut down")
         d.shutdown_code = req.reason
+        self._domain_event("shutdown", d)
         return 0

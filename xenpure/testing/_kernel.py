@@ -16,8 +16,9 @@ import errno
 import logging
 import os
 import threading
+from collections.abc import Callable
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from ..errors import DeviceUnavailable, NotPrivileged
 from ..hypercall.abi.privcmd import IOCTL_PRIVCMD_HYPERCALL, IOCTLS, PRIVCMD_HYPERCALL
@@ -31,6 +32,24 @@ PAGE = 4096
 _DEVICES = ("privcmd", "hypercall", "xenbus", "evtchn", "gntdev", "gntalloc")
 _HYPERCALL = PRIVCMD_HYPERCALL.layout()
 _IOCTL_NAMES = {i.request: i.name for i in IOCTLS.values()}
+_M = TypeVar("_M")
+
+
+def _driver(kernel: SimKernel, name: str) -> Any:
+    """The simulated Linux driver behind device ``name`` (None: the device only hands out a descriptor)."""
+    if name == "evtchn":
+        from ._evtchn import SimEvtchnFile
+
+        return SimEvtchnFile(kernel)
+    if name in ("gntdev", "gntalloc"):
+        from ._gnttab import SimGntallocFile, SimGntdevFile
+
+        return SimGntdevFile(kernel) if name == "gntdev" else SimGntallocFile(kernel)
+    if name == "privcmd":
+        from ._memory import SimPrivcmdFile
+
+        return SimPrivcmdFile(kernel)
+    return None
 
 
 class SimBuffer:
@@ -89,6 +108,13 @@ class SimDevice:
         log.debug("ioctl %s %s (%d bytes)", self.path, _IOCTL_NAMES.get(request, hex(request)), len(arg))
         if self.name == "privcmd" and request == IOCTL_PRIVCMD_HYPERCALL.request:
             return self._kernel._hypercall(arg)
+        handler = getattr(self._backend, "ioctl", None)
+        if handler is not None:  # the simulated driver of this device (evtchn, gntdev, gntalloc, privcmd)
+            try:
+                ret: int = handler(request, arg)
+            except XenErrno as e:
+                raise OSError(e.errno, os.strerror(e.errno)) from None
+            return ret
         raise OSError(errno.ENOTTY, os.strerror(errno.ENOTTY))
 
     def read(self, n: int) -> bytes:
@@ -103,10 +129,13 @@ class SimDevice:
         n: int = self._backend.write(data)
         return n
 
-    def mmap(self, length: int, offset: int = 0) -> SimBuffer:
+    def mmap(self, length: int, offset: int = 0, *, readonly: bool = False) -> Any:
         self.fileno()
         if self.name == "hypercall":
             return self._kernel._map(length, "/dev/xen/hypercall")
+        handler = getattr(self._backend, "mmap", None)
+        if handler is not None:
+            return handler(length, offset, readonly)
         raise OSError(errno.ENODEV, os.strerror(errno.ENODEV))
 
     def close(self) -> None:
@@ -153,7 +182,7 @@ class SimKernel:
         self._lock = threading.Lock()
         self._next = 0x7F00_0000_0000
         self._starts: list[int] = []
-        self._maps: dict[int, SimBuffer] = {}
+        self._maps: dict[int, Any] = {}  # SimBuffers and the device drivers' mappings
         self.open_devices: set[SimDevice] = set()
 
     # -- the seam ---------------------------------------------------------------------------------------
@@ -164,7 +193,7 @@ class SimKernel:
         path = tried[0]
         if not self.root:
             raise NotPrivileged(path)
-        backend = self._xenstored().connect(0) if name == "xenbus" else None
+        backend = self._xenstored().connect(0) if name == "xenbus" else _driver(self, name)
         dev = SimDevice(self, name, path, backend)
         with self._lock:
             self.open_devices.add(dev)
@@ -197,8 +226,14 @@ class SimKernel:
                 buf = self._maps[self._starts[i]]
                 off = address - buf.address
                 if off + length <= buf.size:
-                    return buf.view[off : off + length]
+                    view: memoryview = buf.view[off : off + length]
+                    return view
         raise XenErrno(errno.EFAULT, f"{length} bytes at {address:#x} are not mapped")
+
+    def mapping_at(self, address: int) -> Any:
+        """The buffer or mapping that starts exactly at ``address``, or None (what a driver looks a VMA up by)."""
+        with self._lock:
+            return self._maps.get(address)
 
     @property
     def live_mappings(self) -> int:
@@ -216,15 +251,19 @@ class SimKernel:
         return store
 
     def _map(self, length: int, source: str) -> SimBuffer:
+        return self._place(length, lambda addr: SimBuffer(self, addr, length, source))
+
+    def _place(self, length: int, make: Callable[[int], _M]) -> _M:
+        """Give ``make(address)``'s object (``.address``, ``.size``, ``.view``) an address in the table."""
         with self._lock:
             addr = self._next
             self._next += length + PAGE  # a guard page between mappings, as mmap would leave unmapped
-            buf = SimBuffer(self, addr, length, source)
+            buf = make(addr)
             bisect.insort(self._starts, addr)
             self._maps[addr] = buf
             return buf
 
-    def _unmap(self, buf: SimBuffer) -> None:
+    def _unmap(self, buf: Any) -> None:
         with self._lock:
             self._maps.pop(buf.address, None)
             i = bisect.bisect_left(self._starts, buf.address)
