@@ -11,7 +11,7 @@ decided by the URI (or an injected kernel object), never by a global switch.
 
 from __future__ import annotations
 
-from .domain import Domain, DomainInfo, DomainState, Host, PhysInfo, VcpuInfo, XenVersion
+from .domain import Domain, DomainEvent, DomainInfo, DomainState, EventKind, Host, PhysInfo, VcpuInfo, XenVersion
 from .errors import (
     AccessDenied,
     AlreadyExists,
@@ -40,8 +40,10 @@ __all__ = [
     "Busy",
     "DeviceUnavailable",
     "Domain",
+    "DomainEvent",
     "DomainInfo",
     "DomainState",
+    "EventKind",
     "Host",
     "HypercallError",
     "InvalidArgument",

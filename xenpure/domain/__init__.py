@@ -6,7 +6,20 @@ Rule 1: this package composes the layers below it and never calls ``ioctl`` itse
 
 from __future__ import annotations
 
-from ._host import Domain, Host
+from ._domain import Domain
+from ._events import DomainEvent, EventKind, EventStream
+from ._host import Host
 from ._types import DomainInfo, DomainState, PhysInfo, VcpuInfo, XenVersion
 
-__all__ = ["Domain", "DomainInfo", "DomainState", "Host", "PhysInfo", "VcpuInfo", "XenVersion"]
+__all__ = [
+    "Domain",
+    "DomainEvent",
+    "DomainInfo",
+    "DomainState",
+    "EventKind",
+    "EventStream",
+    "Host",
+    "PhysInfo",
+    "VcpuInfo",
+    "XenVersion",
+]

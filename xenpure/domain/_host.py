@@ -19,14 +19,15 @@ from ..hypercall._privcmd import Privcmd
 from ..hypercall._probe import probe_interface, xen_version_numbers
 from ..hypercall.abi import release_for
 from ..hypercall.abi.domctl import GETDOMAININFO, DomctlCmd
-from ..hypercall.abi.sched import SCHED_REMOTE_SHUTDOWN, SchedOp, ShutdownReason
 from ..hypercall.abi.sysctl import SysctlCmd
 from ..hypercall.abi.version import CAPABILITIES_INFO_LEN, CHANGESET_INFO_LEN, EXTRAVERSION_LEN, XenVer
-from ..hypercall.abi.xen import DOMID_FIRST_RESERVED, Hypercall
+from ..hypercall.abi.xen import DOMID_FIRST_RESERVED
 from ..kernel import Kernel
-from ._types import DomainInfo, PhysInfo, VcpuInfo, XenVersion
+from ._domain import Domain
+from ._events import DEFAULT_INTERVAL, EventStream
+from ._types import DomainInfo, PhysInfo, XenVersion
 
-__all__ = ["Domain", "Host"]
+__all__ = ["Host"]
 
 log = logging.getLogger("xenpure.domain")
 
@@ -179,6 +180,16 @@ class Host:
                 return Domain(self, info.domid)
         raise NoSuchDomain(3, "getdomaininfolist", None, f"no domain is named {key!r}")
 
+    def events(self, *, timeout: float | None = None, interval: float = DEFAULT_INTERVAL) -> EventStream:
+        """Lifecycle events from now on (introduced, paused, unpaused, shutdown, crashed, destroyed).
+
+        Returns an ``EventStream``: iterate it with ``for`` or ``async for``, and close it (or use ``with``).
+        It is woken by VIRQ_DOM_EXC and xenstored's @introduceDomain/@releaseDomain watches, and every
+        ``interval`` seconds (pauses send no notification); each event is a difference between two
+        getdomaininfolist snapshots. Iteration ends after ``timeout`` seconds (None: never).
+        """
+        return EventStream(self, timeout, interval)
+
     def domain_name(self, domid: int) -> str | None:
         """The name the toolstack gave ``domid`` in xenstore, or None if it has none."""
         return _xenstore_name(self, domid)
@@ -186,74 +197,6 @@ class Host:
     # -- per-domain hypercalls (Domain delegates here) ---------------------------------------------------
     def _domctl(self, cmd: DomctlCmd, domid: int, payload: Any = None, extra: int = 0) -> tuple[int, Any, bytes]:
         return self._privcmd.domctl(self.interface, cmd, domid, payload, extra=extra)
-
-
-class Domain:
-    """One domain on a ``Host``. It holds only the id: every property is asked of Xen when you call it."""
-
-    def __init__(self, host: Host, domid: int) -> None:
-        self.host = host
-        self.id = domid
-
-    def __repr__(self) -> str:
-        return f"<Domain {self.id}>"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Domain) and other.host is self.host and other.id == self.id
-
-    def __hash__(self) -> int:
-        return hash((id(self.host), self.id))
-
-    @property
-    def name(self) -> str | None:
-        """xenstore ``/local/domain/<id>/name``, or None."""
-        return self.host.domain_name(self.id)
-
-    def info(self) -> DomainInfo:
-        """State, memory, vcpus, cpu time, shutdown reason and uuid (``XEN_DOMCTL_getdomaininfo``).
-
-        Raises ``NoSuchDomain`` if the domain does not exist.
-        """
-        _, rec, _ = self.host._domctl(DomctlCmd.getdomaininfo, self.id)
-        info = DomainInfo.from_record(rec)
-        if info.domid != self.id:
-            # Some releases answer with the next domain up; that is not the one asked for.
-            raise NoSuchDomain(3, "domctl", "getdomaininfo", f"domain {self.id} does not exist")
-        return info
-
-    def pause(self) -> None:
-        """Suspend the domain's vcpus (``XEN_DOMCTL_pausedomain``): libvirt's *suspend*.
-
-        Xen counts controller pauses: each ``pause()`` needs its own ``unpause()``. Memory stays allocated;
-        this is not save-to-disk.
-        """
-        self.host._domctl(DomctlCmd.pausedomain, self.id)
-
-    def unpause(self) -> None:
-        """Let the domain run again (``XEN_DOMCTL_unpausedomain``): libvirt's *resume*.
-
-        Raises ``InvalidArgument`` (EINVAL) if the domain is not paused by the controller.
-        """
-        self.host._domctl(DomctlCmd.unpausedomain, self.id)
-
-    def vcpus(self) -> list[VcpuInfo]:
-        """Per-vcpu state (``XEN_DOMCTL_getvcpuinfo`` for vcpu 0..max_vcpu_id)."""
-        info = self.info()
-        if info.max_vcpu_id == 0xFFFFFFFF:  # XEN_INVALID_MAX_VCPU_ID: no vcpus yet
-            return []
-        out = []
-        for v in range(info.max_vcpu_id + 1):
-            _, rec, _ = self.host._domctl(DomctlCmd.getvcpuinfo, self.id, {"vcpu": v})
-            out.append(VcpuInfo.from_record(rec))
-        return out
-
-    def remote_shutdown(self, reason: ShutdownReason) -> None:
-        """Force the shutdown state with a reason (``SCHEDOP_remote_shutdown``); the guest is not asked."""
-        lay = SCHED_REMOTE_SHUTDOWN.layout()
-        pc = self.host.privcmd
-        with pc.buffer(lay.size) as buf:
-            buf.view[: lay.size] = lay.build(domain_id=self.id, reason=int(reason))
-            pc.hypercall(Hypercall.sched_op, int(SchedOp.remote_shutdown), buf.address, subop="remote_shutdown")
 
 
 def _xenstore_name(host: Host, domid: int) -> str | None:
