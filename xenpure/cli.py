@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,6 +17,7 @@ from . import connect
 from .domain import Domain, Host
 from .errors import DeviceUnavailable, XenError
 from .hypercall.abi import RELEASES, catalogue
+from .hypercall.abi.sched import ShutdownReason
 
 __all__ = ["main"]
 
@@ -51,6 +53,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    if args.domain is not None:
+        return cmd_domain_info(args)
     with _host(args) as host:
         v = host.version()
         p = host.physinfo()
@@ -88,6 +92,105 @@ def _one_domain(args: argparse.Namespace, verb: str) -> int:
     return 0
 
 
+def cmd_domain_info(args: argparse.Namespace) -> int:
+    with _host(args) as host:
+        d = host.domain(args.domain)
+        info = d.info()
+        data: dict[str, Any] = {
+            "name": d.name,
+            "id": info.domid,
+            "uuid": str(info.uuid),
+            "state": info.state.value,
+            "flags": info.state_letters,
+            "shutdown_reason": getattr(info.shutdown_reason, "name", info.shutdown_reason),
+            "memory_kib": info.memory_kib,
+            "max_memory_kib": info.max_memory_kib,
+            "online_vcpus": info.online_vcpus,
+            "cpu_time_s": info.cpu_time_ns / 1e9,
+            "hvm": info.hvm,
+            "vcpus": [
+                {"vcpu": v.vcpu, "online": v.online, "running": v.running, "blocked": v.blocked, "cpu": v.cpu,
+                 "cpu_time_s": v.cpu_time_ns / 1e9}
+                for v in d.vcpus()
+            ],
+        }
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        for k, val in data.items():
+            if k != "vcpus":
+                print(f"{k:<16}: {val}")
+        for v in data["vcpus"]:
+            state = "running" if v["running"] else "blocked" if v["blocked"] else "runnable"
+            print(f"vcpu {v['vcpu']:<11}: cpu {v['cpu']}, {state}, {v['cpu_time_s']:.1f} s")
+    return 0
+
+
+def cmd_shutdown(args: argparse.Namespace) -> int:
+    with _host(args) as host:
+        d = host.domain(args.domain)
+        reason = ShutdownReason.reboot if args.command == "reboot" else ShutdownReason.poweroff
+        d.shutdown(reason, wait=args.wait, timeout=args.timeout)
+    return 0
+
+
+def cmd_destroy(args: argparse.Namespace) -> int:
+    with _host(args) as host:
+        host.domain(args.domain).destroy(timeout=args.timeout)
+    return 0
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    with _host(args) as host, host.events(timeout=args.timeout) as stream:
+        names: dict[int, str | None] = {}
+        for ev in stream:
+            if ev.domid not in names or names[ev.domid] is None:
+                names[ev.domid] = host.domain_name(ev.domid)
+            name = names[ev.domid]
+            if args.json:
+                reason = getattr(ev.reason, "name", ev.reason)
+                print(json.dumps({"event": ev.kind.value, "id": ev.domid, "name": name, "uuid": str(ev.uuid),
+                                  "reason": reason}), flush=True)
+            else:
+                print(f"{time.strftime('%H:%M:%S')} {ev} ({name or '?'})", flush=True)
+    return 0
+
+
+def cmd_dmesg(args: argparse.Namespace) -> int:
+    with _host(args) as host:
+        sys.stdout.write(host.dmesg(clear=args.clear))
+    return 0
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    with _host(args) as host:
+        before = {i.domid: i for i in host.domain_infos()}
+        t0 = time.monotonic()
+        n = 0
+        while args.iterations is None or n < args.iterations:
+            time.sleep(args.delay)
+            now = {i.domid: i for i in host.domain_infos()}
+            t1 = time.monotonic()
+            rows = []
+            for domid, info in now.items():
+                prev = before.get(domid)
+                used = info.cpu_time_ns - prev.cpu_time_ns if prev and prev.uuid == info.uuid else 0
+                rows.append({"id": domid, "name": host.domain_name(domid), "state": info.state_letters,
+                             "cpu_pct": round(100.0 * used / ((t1 - t0) * 1e9), 1),
+                             "mem_kib": info.memory_kib, "vcpus": info.online_vcpus})
+            if args.json:
+                print(json.dumps(rows), flush=True)
+            else:
+                if sys.stdout.isatty():
+                    sys.stdout.write("\x1b[H\x1b[2J")
+                print(f"{'NAME':<24}{'ID':>5}{'STATE':>8}{'CPU(%)':>8}{'MEM(k)':>10}{'VCPUS':>6}")
+                for r in rows:
+                    print(f"{(r['name'] or '?'):<24}{r['id']:>5}{r['state']:>8}{r['cpu_pct']:>8}{r['mem_kib']:>10}"
+                          f"{r['vcpus']:>6}", flush=True)
+            before, t0, n = now, t1, n + 1
+    return 0
+
+
 def cmd_abi(args: argparse.Namespace) -> int:
     cat = catalogue(args.xen)
     if args.json:
@@ -103,26 +206,44 @@ def cmd_abi(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    sim_help = "use the simulated hypervisor instead of this host's Xen"
     p = argparse.ArgumentParser(prog="xenpure", description="Control Xen domains from dom0, in pure Python.")
-    p.add_argument("--sim", action="store_true", help="use the simulated hypervisor instead of this host's Xen")
+    p.add_argument("--sim", action="store_true", help=sim_help)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--sim", action="store_true", default=argparse.SUPPRESS, help=sim_help)
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("list", help="list domains (like `xl list`)")
-    s.add_argument("--json", action="store_true")
-    s.set_defaults(func=cmd_list)
+    def command(name: str, text: str, func: Any, *, data: bool = False, domain: bool = False) -> Any:
+        s = sub.add_parser(name, help=text, parents=[common])
+        if data:
+            s.add_argument("--json", action="store_true", help="print JSON")
+        if domain:
+            s.add_argument("domain", help="domain id, name or uuid")
+        s.set_defaults(func=func)
+        return s
 
-    s = sub.add_parser("info", help="hypervisor and host information (like `xl info`)")
-    s.add_argument("--json", action="store_true")
-    s.set_defaults(func=cmd_info)
-
+    command("list", "list domains (like `xl list`)", cmd_list, data=True)
+    s = command("info", "host information (like `xl info`), or one domain's with DOMAIN", cmd_info, data=True)
+    s.add_argument("domain", nargs="?", help="a domain id, name or uuid")
     verbs = (("pause", "pause a domain (libvirt: suspend)"), ("unpause", "unpause a domain (libvirt: resume)"))
     for verb, text in verbs:
-        s = sub.add_parser(verb, help=text)
-        s.add_argument("domain", help="domain id or name")
-        s.set_defaults(func=lambda a, v=verb: _one_domain(a, v))
+        command(verb, text, lambda a, v=verb: _one_domain(a, v), domain=True)
+    for verb in ("shutdown", "reboot"):
+        s = command(verb, f"ask a domain to {'power off' if verb == 'shutdown' else 'reboot'}", cmd_shutdown,
+                    domain=True)
+        s.add_argument("-w", "--wait", action="store_true", help="wait until it has shut down")
+        s.add_argument("--timeout", type=float, default=60.0, help="seconds to wait (default 60)")
+    s = command("destroy", "destroy a domain at once", cmd_destroy, domain=True)
+    s.add_argument("--timeout", type=float, default=60.0)
+    s = command("events", "follow lifecycle events", cmd_events, data=True)
+    s.add_argument("--timeout", type=float, default=None, help="stop after this many seconds")
+    s = command("dmesg", "the hypervisor's console (like `xl dmesg`)", cmd_dmesg)
+    s.add_argument("-c", "--clear", action="store_true", help="clear the ring after reading")
+    s = command("top", "cpu, memory and state per domain, refreshed", cmd_top, data=True)
+    s.add_argument("-d", "--delay", type=float, default=1.0, help="seconds between refreshes")
+    s.add_argument("-n", "--iterations", type=int, default=None, help="stop after N refreshes")
 
-    s = sub.add_parser("abi", help="print the declared hypercall ABI (records, offsets, constants, ioctls)")
-    s.add_argument("--json", action="store_true")
+    s = command("abi", "print the declared hypercall ABI (records, offsets, constants, ioctls)", cmd_abi, data=True)
     s.add_argument("--xen", default="4.17", choices=[r.name for r in RELEASES])
     s.set_defaults(func=cmd_abi)
     return p
@@ -138,6 +259,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               "try --sim for the simulated hypervisor", file=sys.stderr)
     except XenError as e:
         print(f"xenpure: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        return 130
     except BrokenPipeError:
         pass
     return 1
