@@ -20,6 +20,7 @@ import mmap
 import os
 import struct
 import threading
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -129,6 +130,8 @@ class SimMemory:
         self.fd = os.memfd_create("xenpure-sim-machine", os.MFD_CLOEXEC)
         os.ftruncate(self.fd, NR_FRAMES * PAGE)
         self.machine = mmap.mmap(self.fd, NR_FRAMES * PAGE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        # The host's memory goes with the host (no close: a SimXen is dropped, not closed).
+        weakref.finalize(self, os.close, self.fd)
         self.owner: dict[int, int] = {}
         self._next = 0x100  # low frames stay unused, as Xen keeps its own there
         self._free: list[int] = []
