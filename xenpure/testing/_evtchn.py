@@ -153,7 +153,8 @@ class SimEventChannels:
         return p.port
 
     def close(self, me: int, port: int) -> None:
-        p = self.port(me, port)
+        # A destroyed domain's ports are closed after it left xen.domains: look them up directly first.
+        p = self.ports.get(me, {}).get(port) or self.port(me, port)
         if p.state == EvtchnStat.interdomain:
             peer = self.ports.get(p.remote_dom, {}).get(p.remote_port)
             if peer is not None:  # the other end stays allocated, unbound, for us to bind again
