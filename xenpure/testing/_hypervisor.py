@@ -185,7 +185,11 @@ class SimXen:
             if op == Hypercall.grant_table_op:
                 return int(self.gnttab.hypercall(mem, args, privileged))
             if op == Hypercall.memory_op:
+                if args[0] in self.build.MEMORY_OPS:
+                    return int(self.build.memory_op(mem, args, privileged))
                 return int(self.memory.hypercall(mem, args, privileged))
+            if op == Hypercall.mmuext_op:
+                return int(self.build.mmuext_op(mem, args, privileged))
             raise XenErrno(errno.ENOSYS, f"hypercall {op} is not simulated")
 
     # -- subsystems modelled in their own modules, created on first use --------------------------------
@@ -209,6 +213,14 @@ class SimXen:
         from ._memory import SimMemory
 
         return SimMemory(self)
+
+    @functools.cached_property
+    def build(self) -> Any:
+        """PV domain building (``_build.SimBuild``): populate_physmap, page-table pinning, vcpu contexts, and
+        what a built guest would see (``guest_view``)."""
+        from ._build import SimBuild
+
+        return SimBuild(self)
 
     def _domain_event(self, event: str, d: SimDomain) -> None:
         for hook in list(self.domain_hooks):
@@ -353,6 +365,9 @@ class SimXen:
         size = VCPU_GUEST_CONTEXT.layout().size
         if req.ctxt:  # a NULL handle only checks the vcpu exists
             mem.resolve(req.ctxt, size)[:] = d.vcpus[req.vcpu].context.ljust(size, b"\0")[:size]
+
+    def _domctl_setvcpucontext(self, mem: GuestMemory, domid: int, req: Any, view: memoryview) -> None:
+        self.build.setvcpucontext(mem, domid, req)
 
     def _domctl_settimeoffset(self, mem: GuestMemory, domid: int, req: Any, view: memoryview) -> None:
         self._domain(domid).time_offset = req.time_offset_seconds

@@ -1,0 +1,207 @@
+"""Building a PV domain on the simulated host: the whole hypercall sequence through the real encode path,
+checked by the simulator (populate, mapping, pinning, vcpu context, grants), and rollback on failure."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+import xenpure
+from xenpure.domain._builder import BuildError, build_pv
+from xenpure.domain._config import DomainConfig
+from xenpure.domain._kernel_image import KernelImageError
+from xenpure.domain._pvlayout import LayoutError
+from xenpure.hypercall.abi.grant_table import GrantType
+from xenpure.testing import SimKernel, SimXen
+from xenpure.testing._kernels import PADDR, VIRT_BASE, make_bzimage, make_elf
+
+
+@pytest.fixture
+def kernel(tmp_path: Path) -> Path:
+    p = tmp_path / "vmlinux"
+    p.write_bytes(make_elf())
+    return p
+
+
+@pytest.fixture
+def ramdisk(tmp_path: Path) -> Path:
+    p = tmp_path / "initrd"
+    p.write_bytes(b"070701" + bytes(range(256)) * 40)
+    return p
+
+
+def config(kernel: Path, ramdisk: Path | None = None, **kw: object) -> DomainConfig:
+    args: dict[str, object] = {"name": "g1", "kernel": kernel, "memory": 32, "cmdline": "console=hvc0"}
+    args.update(kw)
+    return DomainConfig(ramdisk=ramdisk, **args)  # type: ignore[arg-type]
+
+
+def test_build_and_what_the_guest_sees(sim_host: xenpure.Host, sim_xen: SimXen, kernel: Path, ramdisk: Path) -> None:
+    cfg = config(kernel, ramdisk, vcpus=2, maxmem=48)
+    steps: list[str] = []
+    report = build_pv(sim_host, cfg, on_step=steps.append)
+    domid = report.domid
+    assert steps[0] == "load kernel" and steps[-1] == "introduce" and "pin page tables" in steps
+    info = sim_host.domain(domid).info()
+    assert info.paused and info.memory_kib == 32 * 1024 and info.online_vcpus == 2
+    assert info.uuid == cfg.uuid
+    d = sim_xen.domains[domid]
+    assert d.max_pages == 48 * 256
+
+    view = sim_xen.build.guest_view(domid)
+    lay = report.layout
+    assert lay is not None
+    si = view.start_info
+    assert si.magic.rstrip(b"\0") == b"xen-3.0-x86_64"
+    assert si.nr_pages == 32 * 256 and si.cmd_line.rstrip(b"\0") == b"console=hvc0"
+    assert view.rip == VIRT_BASE + PADDR + 0x40 and view.rsi == lay.start_info.va
+    # The kernel's bytes are where the guest will execute them.
+    assert view.read_va(view.rip, 1) == b"\xf4"
+    assert view.read_va(VIRT_BASE + PADDR, 4) == b"\x90" * 4
+    # The ramdisk is at mod_start, whole.
+    assert view.read_va(si.mod_start, si.mod_len) == ramdisk.read_bytes()
+    # The p2m list at mfn_list matches the simulator's own record of populate_physmap.
+    raw = view.read_va(si.mfn_list, 8 * 16)
+    assert [int.from_bytes(raw[i * 8 : i * 8 + 8], "little") for i in range(16)] == [view.p2m[i] for i in range(16)]
+    # Ring pages: the MFNs in start_info are the guest's own, zeroed, and mapped where the layout says.
+    assert view.translate(lay.xenstore.va) == (si.store_mfn, True)
+    assert view.translate(lay.console.va) == (si.console.domU.mfn, True)
+    assert view.translate(si.pt_base) == (view.cr3_mfn, False)  # the L4, read-only
+    assert view.rsp == lay.stack_top and view.translate(view.rsp - 8) is not None
+    # Grant entries seeded for dom0 (console, xenstore).
+    ents = sim_xen.build.grant_entries(domid)
+    assert (ents[0].flags, ents[0].domid, ents[0].frame) == (GrantType.permit_access, 0, si.console.domU.mfn)
+    assert (ents[1].flags, ents[1].domid, ents[1].frame) == (GrantType.permit_access, 0, si.store_mfn)
+    # Event channels: unbound ports of the guest for dom0, as start_info says.
+    st = sim_xen.evtchn.port(domid, si.store_evtchn)
+    assert st is not None
+    # xenstore layout.
+    xs = sim_host.xenstore
+    base = f"/local/domain/{domid}"
+    assert xs.read(f"{base}/name") == b"g1"
+    assert xs.read(f"{base}/console/ring-ref") == str(si.console.domU.mfn).encode()
+    assert xs.read(f"{base}/store/port") == str(si.store_evtchn).encode()
+    assert xs.read(f"{base}/memory/static-max") == b"49152"
+    assert xs.read(f"/vm/{cfg.uuid}/name") == b"g1"
+    assert sim_host.domain("g1").id == domid
+    assert xs.is_domain_introduced(domid)
+
+
+def test_bzimage_builds_too(sim_host: xenpure.Host, sim_xen: SimXen, tmp_path: Path) -> None:
+    p = tmp_path / "vmlinuz"
+    p.write_bytes(make_bzimage(make_elf(), "xz"))
+    report = build_pv(sim_host, config(p))
+    assert sim_xen.build.guest_view(report.domid).read_va(VIRT_BASE + PADDR + 0x40, 1) == b"\xf4"
+
+
+def test_broken_kernel_rejected_before_createdomain(sim_host: xenpure.Host, sim_xen: SimXen, tmp_path: Path) -> None:
+    p = tmp_path / "bad"
+    before = set(sim_xen.domains)
+    for data, match in ((make_elf(machine=183), "wrong architecture"), (make_elf()[:300], "truncated|past the end"),
+                        (make_elf(notes={}), "no Xen ELF notes")):
+        p.write_bytes(data)
+        with pytest.raises(KernelImageError, match=match):
+            build_pv(sim_host, config(p))
+    assert set(sim_xen.domains) == before
+
+
+def test_too_little_memory_rejected_before_createdomain(sim_host: xenpure.Host, sim_xen: SimXen, kernel: Path) -> None:
+    with pytest.raises(LayoutError, match="more memory"):
+        build_pv(sim_host, config(kernel, memory=16))
+    assert set(sim_xen.domains) == {0}
+
+
+@pytest.mark.parametrize(
+    "step",
+    ["createdomain", "max_mem", "populate_physmap", "event channels", "load memory", "pin page tables",
+     "grant table", "setvcpucontext", "xenstore", "introduce"],
+)
+def test_failure_at_any_step_rolls_back(sim_host: xenpure.Host, sim_xen: SimXen, kernel: Path, step: str) -> None:
+    frames_before = len(sim_xen.memory.owner)
+
+    def fail(name: str) -> None:
+        if name == step:
+            raise RuntimeError("injected")
+
+    with pytest.raises(BuildError, match=f"failed at step '{step}': injected") as ei:
+        build_pv(sim_host, config(kernel), on_step=fail)
+    assert ei.value.step == step and not ei.value.leftovers
+    assert set(sim_xen.domains) == {0}
+    assert len(sim_xen.memory.owner) == frames_before  # the guest's frames went with it
+    xs = sim_host.xenstore
+    assert "1" not in xs.directory("/local/domain")
+    assert xs.directory("/vm") == () if _exists(xs, "/vm") else True
+    assert sim_host.kernel.live_mappings <= 1  # only privcmd's scratch buffer stays
+
+
+def _exists(xs: object, path: str) -> bool:
+    try:
+        xs.directory(path)  # type: ignore[attr-defined]
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def test_hypervisor_failure_names_step_and_cause(sim_host: xenpure.Host, sim_xen: SimXen, kernel: Path) -> None:
+    sim_xen.domains[0].max_pages = 0  # irrelevant to the guest; the guest's own max_mem is what counts
+    cfg = config(kernel, memory=32)
+    orig = sim_xen.build.memory_op
+
+    def short(mem: object, args: list[int], privileged: bool) -> int:
+        return max(0, orig(mem, args, privileged) - 1)
+
+    sim_xen.build.memory_op = short  # type: ignore[method-assign]
+    with pytest.raises(BuildError, match="failed at step 'populate_physmap': populate_physmap gave"):
+        build_pv(sim_host, cfg)
+    assert set(sim_xen.domains) == {0}
+
+
+def test_pin_refuses_a_table_still_mapped_writable(sim_host: xenpure.Host, sim_xen: SimXen, kernel: Path) -> None:
+    """The simulator checks the build: keep the L4 mapped writable in dom0 and the pin fails, as on Xen."""
+    from xenpure.domain._builder import prepare
+    from xenpure.foreignmemory import ForeignMemory
+
+    cfg = config(kernel)
+    l4_pfn = prepare(cfg).layout.l4_pfn
+    fm = ForeignMemory.open(sim_host.kernel)
+    held = []
+
+    def keep_l4(name: str) -> None:
+        if name == "pin page tables":
+            domid = max(sim_xen.domains)
+            held.append(fm.map(domid, [sim_xen.build.domains[domid].p2m[l4_pfn]]))
+
+    try:
+        with pytest.raises(BuildError, match=r"pin page tables.*PIN_L4_TABLE failed: EINVAL"):
+            build_pv(sim_host, cfg, on_step=keep_l4)
+    finally:
+        for m in held:
+            m.close()
+        fm.close()
+    assert held and set(sim_xen.domains) == {0}
+    build_pv(sim_host, cfg)  # the same build without the stray mapping pins fine
+
+
+def test_two_builds_from_two_threads(kernel: Path) -> None:
+    xen = SimXen()
+    errors: list[BaseException] = []
+    ids: list[int] = []
+
+    def one(name: str) -> None:
+        try:
+            with xenpure.connect(kernel=SimKernel(xen)) as host:
+                ids.append(build_pv(host, config(kernel, name=name)).domid)
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=one, args=(f"t{i}",)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert sorted(ids) == [1, 2]
+    for domid in ids:
+        assert xen.build.guest_view(domid).start_info.nr_pages == 32 * 256

@@ -1,0 +1,461 @@
+"""Building a 64-bit PV domain from Python: the hypercall sequence, with rollback.
+
+Rule 1: every step is named, and a failure at any step undoes every earlier one -- the domain is destroyed,
+its xenstore entries are removed, xenstored forgets it -- before ``BuildError`` (naming the step and the
+cause) leaves. Everything that can be checked without Xen (the config, the kernel, the layout) is checked
+before the first hypercall, so a broken kernel never creates a domain.
+
+The sequence (each a step name in ``BuildError`` and in the ``on_step`` trace)::
+
+    load kernel        read + check the kernel (and the ramdisk size); plan the layout
+    createdomain       XEN_DOMCTL_createdomain: a PV domain (no CDF_hvm), paused, with its vcpu, event
+                       channel and grant table limits
+    max_vcpus          XEN_DOMCTL_max_vcpus
+    max_mem            XEN_DOMCTL_max_mem (maxmem, in KiB)
+    address_size       XEN_DOMCTL_set_address_size 64: a 64-bit PV guest
+    populate_physmap   XENMEM_populate_physmap of every pfn; Xen answers each pfn's MFN (the p2m)
+    event channels     EVTCHNOP_alloc_unbound twice in the guest, for dom0: xenstore and console
+    load memory        PRIVCMD_MMAPBATCH_V2 of the guest's frames; copy in the kernel, ramdisk, p2m list,
+                       start_info, zeroed ring pages, page tables and stack; unmap
+    pin page tables    MMUEXT_PIN_L4_TABLE on the L4 (Xen validates every level; nothing maps a table RW)
+    grant table        IOCTL_PRIVCMD_MMAP_RESOURCE of grant table frame 0; entries GNTTAB_RESERVED_CONSOLE
+                       and GNTTAB_RESERVED_XENSTORE grant dom0 the two ring pages
+    setvcpucontext     XEN_DOMCTL_setvcpucontext of vcpu 0 (rip, rsp, rsi, cr3)
+    xenstore           the toolstack's entries (/local/domain/<id>/..., /vm/<uuid>, /libxl/<id>)
+    introduce          XS_INTRODUCE: xenstored maps the ring and serves the guest; xenconsoled sees
+                       @introduceDomain and attaches the console
+
+The domain is left paused; ``Domain.start()`` (XEN_DOMCTL_unpausedomain) lets it run.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import struct
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import TryAgain, XenError
+from ..hypercall.abi.arch_x86 import VCPU_GUEST_CONTEXT
+from ..hypercall.abi.domctl import DomctlCmd
+from ..hypercall.abi.grant_table import GRANT_ENTRY_V1, GnttabReserved, GrantType
+from ..hypercall.abi.memory import MEMORY_RESERVATION, MemOp
+from ..hypercall.abi.xen import MMUEXT_OP, Hypercall, MmuExtCmd
+from ._config import DomainConfig
+from ._kernel_image import KernelImage, load_kernel_file
+from ._pvlayout import PAGE, LayoutError, PvLayout, p2m_bytes, page_tables, plan, start_info, vcpu_context
+
+if TYPE_CHECKING:
+    from ._host import Host
+
+__all__ = ["BuildError", "BuildReport", "build_pv", "prepare"]
+
+log = logging.getLogger("xenpure.domain.build")
+
+#: Event channel ports a guest may use (createdomain's max_evtchn_port; 2-level ABI limit is 4095).
+MAX_EVTCHN_PORT = 1023
+#: Grant table and maptrack frames for the guest (createdomain's limits; xl's defaults are 64 and 1024).
+MAX_GRANT_FRAMES = 64
+MAX_MAPTRACK_FRAMES = 1024
+#: The grant table version (XEN_DOMCTL_GRANT_version(1)) in createdomain's grant_opts.
+GRANT_VERSION = 1
+#: How many pfns one populate_physmap / one foreign mapping covers.
+_POPULATE_BATCH = 4096
+_MAP_BATCH = 1024
+#: The largest ramdisk xenpure loads (it must fit in guest memory anyway).
+MAX_RAMDISK_BYTES = 1 << 30
+
+
+class BuildError(XenError):
+    """Building a domain failed at ``step``; ``cause`` is the underlying exception. By the time this is
+    raised, everything the build did has been undone (``rolled_back`` says what was, ``leftovers`` what could
+    not be)."""
+
+    def __init__(self, name: str, step: str, cause: BaseException, rolled_back: list[str],
+                 leftovers: list[str]) -> None:
+        self.step = step
+        self.cause = cause
+        self.rolled_back = rolled_back
+        self.leftovers = leftovers
+        msg = f"building domain {name!r} failed at step {step!r}: {cause}"
+        if rolled_back:
+            msg += f" (rolled back: {', '.join(rolled_back)})"
+        if leftovers:
+            msg += f"; NOT cleaned up: {'; '.join(leftovers)}"
+        super().__init__(msg)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What ``prepare`` checked before any hypercall: the kernel, the ramdisk bytes and the layout."""
+
+    config: DomainConfig
+    kernel: KernelImage
+    ramdisk: bytes
+    layout: PvLayout
+
+
+@dataclass
+class BuildReport:
+    """What a build did, for tracing and tests: the domid, steps run (with seconds each), the layout, the
+    p2m, the event channels and the L4's machine frame."""
+
+    domid: int = 0
+    steps: list[tuple[str, float]] = field(default_factory=list)
+    layout: PvLayout | None = None
+    p2m: list[int] = field(default_factory=list)
+    store_evtchn: int = 0
+    console_evtchn: int = 0
+
+
+def prepare(config: DomainConfig) -> Prepared:
+    """Load and check the kernel and ramdisk and plan the layout: every check that needs no hypervisor.
+
+    Raises ``KernelImageError`` (a broken kernel), ``LayoutError`` (too little memory), ``OSError`` for an
+    unreadable ramdisk.
+    """
+    kernel = load_kernel_file(config.kernel)
+    ramdisk = b""
+    if config.ramdisk is not None:
+        ramdisk = _read_bounded(config.ramdisk, min(MAX_RAMDISK_BYTES, config.nr_pages * PAGE))
+    layout = plan(kernel, config.nr_pages, len(ramdisk))
+    return Prepared(config, kernel, ramdisk, layout)
+
+
+def _read_bounded(path: Path, limit: int) -> bytes:
+    with path.open("rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise LayoutError(f"ramdisk {path} is larger than {limit} bytes (the guest's memory)")
+    return data
+
+
+class _Build:
+    """One build in progress: the steps, and the undo actions registered as they succeed."""
+
+    def __init__(self, host: Host, prepared: Prepared, on_step: Callable[[str], None] | None) -> None:
+        self.host = host
+        self.p = prepared
+        self.config = prepared.config
+        self.on_step = on_step
+        self.report = BuildReport(layout=prepared.layout)
+        self.undo: list[tuple[str, Callable[[], None]]] = []
+        self.step = "start"
+
+    def run(self, name: str, fn: Callable[[], None]) -> None:
+        self.step = name
+        if self.on_step is not None:
+            self.on_step(name)
+        t0 = time.monotonic()
+        fn()
+        self.report.steps.append((name, time.monotonic() - t0))
+        log.debug("build %s: %s done in %.3f s", self.config.name, name, time.monotonic() - t0)
+
+    # -- the steps --------------------------------------------------------------------------------------
+    @property
+    def domid(self) -> int:
+        return self.report.domid
+
+    def createdomain(self) -> None:
+        cfg = self.config
+        payload = {
+            "handle": cfg.uuid.bytes,
+            "flags": 0,  # PV: no XEN_DOMCTL_CDF_hvm / hap
+            "max_vcpus": cfg.vcpus,
+            "max_evtchn_port": MAX_EVTCHN_PORT,
+            "max_grant_frames": MAX_GRANT_FRAMES,
+            "max_maptrack_frames": MAX_MAPTRACK_FRAMES,
+            "grant_opts": GRANT_VERSION,
+            "cpupool_id": 0,
+            "arch": {"emulation_flags": 0, "misc_flags": 0},
+        }
+        domid, _, _ = self.host._domctl(DomctlCmd.createdomain, 0, payload)
+        self.report.domid = domid
+        self.undo.append((f"destroyed domain {domid}", self._destroy))
+
+    def _destroy(self) -> None:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                self.host._domctl(DomctlCmd.destroydomain, self.domid)
+                return
+            except TryAgain:  # Xen frees memory in preemptible steps and says EAGAIN until done
+                if time.monotonic() > deadline:
+                    raise
+
+    def max_vcpus(self) -> None:
+        self.host._domctl(DomctlCmd.max_vcpus, self.domid, {"max": self.config.vcpus})
+
+    def max_mem(self) -> None:
+        self.host._domctl(DomctlCmd.max_mem, self.domid, {"max_memkb": self.config.maxmem_kib})
+
+    def address_size(self) -> None:
+        self.host._domctl(DomctlCmd.set_address_size, self.domid, {"size": 64})
+
+    def populate(self) -> None:
+        n = self.config.nr_pages
+        lay = MEMORY_RESERVATION.layout()
+        pc = self.host.privcmd
+        p2m: list[int] = []
+        for first in range(0, n, _POPULATE_BATCH):
+            count = min(_POPULATE_BATCH, n - first)
+            with pc.buffer(lay.size + 8 * count) as buf:
+                ext = buf.address + lay.size
+                buf.view[: lay.size] = lay.build(extent_start=ext, nr_extents=count, extent_order=0, mem_flags=0,
+                                                 domid=self.domid)
+                buf.view[lay.size : lay.size + 8 * count] = struct.pack(f"<{count}Q", *range(first, first + count))
+                done = pc.hypercall(Hypercall.memory_op, int(MemOp.populate_physmap), buf.address,
+                                    subop="populate_physmap")
+                if done != count:
+                    raise XenError(f"populate_physmap gave {done} of {count} pages from pfn {first:#x} (out of "
+                                   "memory?)")
+                # A PV guest's pfns are not translated: Xen answers each one's machine frame in place.
+                p2m.extend(struct.unpack(f"<{count}Q", bytes(buf.view[lay.size : lay.size + 8 * count])))
+        self.report.p2m = p2m
+
+    def event_channels(self) -> None:
+        from ..evtchn import EvtchnOps
+
+        ops = EvtchnOps(self.host.privcmd)
+        # Ports of the guest that dom0 (xenstored, xenconsoled) may bind; closed with the domain.
+        self.report.store_evtchn = ops.alloc_unbound(self.domid, 0)
+        self.report.console_evtchn = ops.alloc_unbound(self.domid, 0)
+
+    def pages(self) -> Iterator[tuple[int, bytes]]:
+        """Every page the bootstrap writes, as (pfn, bytes <= 4096, zero-extended), in pfn order."""
+        lay = self.p.layout
+        p2m = self.report.p2m
+        content = dict(self.p.kernel.pages())
+        for i in range(lay.kernel.count):
+            yield lay.kernel.pfn + i, content.get(i, b"")
+        if lay.ramdisk is not None:
+            rd = self.p.ramdisk
+            for i in range(lay.ramdisk.count):
+                yield lay.ramdisk.pfn + i, rd[i * PAGE : (i + 1) * PAGE]
+        raw = p2m_bytes(p2m)
+        for i in range(lay.p2m.count):
+            yield lay.p2m.pfn + i, raw[i * PAGE : (i + 1) * PAGE]
+        si = start_info(lay, p2m, shared_info_mfn=self._shared_info_mfn(), store_evtchn=self.report.store_evtchn,
+                        console_evtchn=self.report.console_evtchn, cmdline=self.config.cmdline)
+        yield lay.start_info.pfn, si
+        yield lay.xenstore.pfn, b""
+        yield lay.console.pfn, b""
+        tables = page_tables(lay, p2m)
+        for pfn in sorted(tables):
+            yield pfn, tables[pfn]
+        yield lay.stack.pfn, b""
+
+    def _shared_info_mfn(self) -> int:
+        _, rec, _ = self.host._domctl(DomctlCmd.getdomaininfo, self.domid)
+        return int(rec.shared_info_frame)
+
+    def load_memory(self) -> None:
+        from ..foreignmemory import ForeignMemory
+
+        p2m = self.report.p2m
+        batch: list[tuple[int, bytes]] = []
+        with ForeignMemory.open(self.host.kernel) as fm:
+
+            def flush() -> None:
+                with fm.map(self.domid, [p2m[pfn] for pfn, _ in batch]) as m:
+                    for i, (_, data) in enumerate(batch):
+                        # Whole pages: populated frames are scrubbed by Xen, but bss and rings must be
+                        # zero whatever the scrub pattern. (No slice is kept: the mapping must unmap.)
+                        m.view[i * PAGE : (i + 1) * PAGE] = data.ljust(PAGE, b"\0")
+                batch.clear()
+
+            for pfn, data in self.pages():
+                if batch and (pfn != batch[-1][0] + 1 or len(batch) >= _MAP_BATCH):
+                    flush()
+                batch.append((pfn, data))
+            if batch:
+                flush()
+
+    def pin(self) -> None:
+        lay = MMUEXT_OP.layout()
+        pc = self.host.privcmd
+        l4 = self.report.p2m[self.p.layout.l4_pfn]
+        with pc.buffer(lay.size) as buf:
+            buf.view[: lay.size] = lay.build(cmd=int(MmuExtCmd.PIN_L4_TABLE), arg1={"mfn": l4})
+            # foreigndom: the guest owns the table frames being pinned.
+            pc.hypercall(Hypercall.mmuext_op, buf.address, 1, 0, self.domid, subop="PIN_L4_TABLE")
+
+    def grant_table(self) -> None:
+        from ..foreignmemory import ForeignMemory
+
+        lay = GRANT_ENTRY_V1.layout()
+        p2m, layout = self.report.p2m, self.p.layout
+        with ForeignMemory.open(self.host.kernel) as fm, fm.map_grant_table(self.domid, 1, readonly=False) as gt:
+            view = gt.view
+            for ref, pfn in ((GnttabReserved.CONSOLE, layout.console.pfn), (GnttabReserved.XENSTORE,
+                                                                              layout.xenstore.pfn)):
+                off = int(ref) * lay.size
+                # Frame and grantee first, then the flags that make the entry valid.
+                view[off : off + lay.size] = lay.build(flags=0, domid=0, frame=p2m[pfn])
+                view[off : off + 2] = int(GrantType.permit_access).to_bytes(2, "little")
+
+    def setvcpucontext(self) -> None:
+        ctx = VCPU_GUEST_CONTEXT.layout()
+        fields = vcpu_context(self.p.layout, self.report.p2m)
+        # The domctl carries a handle to the context: it lives in a hypercall buffer of its own (the domctl
+        # itself takes privcmd's scratch buffer).
+        buf = self.host.kernel.alloc_buffer(ctx.size)
+        try:
+            buf.view[: ctx.size] = ctx.build(fields)
+            self.host._domctl(DomctlCmd.setvcpucontext, self.domid, {"vcpu": 0, "ctxt": buf.address})
+        finally:
+            buf.close()
+
+    def xenstore(self) -> None:
+        from ..xenstore import Perm, PermAccess
+
+        cfg, domid, lay = self.config, self.domid, self.p.layout
+        xs = self.host.xenstore
+        dom = f"/local/domain/{domid}"
+        vm = f"/vm/{cfg.uuid}"
+        libxl = f"/libxl/{domid}"
+        self.undo.append((f"removed {dom}, {vm}, {libxl}", lambda: self._rm_xenstore(dom, vm, libxl)))
+        ro = (Perm(0, PermAccess.NONE), Perm(domid, PermAccess.READ))
+        rw = (Perm(domid, PermAccess.NONE), Perm(0, PermAccess.NONE))  # owned by the guest: it may write
+        priv = (Perm(0, PermAccess.NONE),)
+        p2m = self.report.p2m
+        entries: list[tuple[str, str, tuple[Perm, ...] | None]] = [
+            (dom, "", ro),
+            (f"{dom}/name", cfg.name, None),
+            (f"{dom}/domid", str(domid), None),
+            (f"{dom}/vm", vm, None),
+            (f"{dom}/memory", "", None),
+            (f"{dom}/memory/static-max", str(cfg.maxmem_kib), None),
+            (f"{dom}/memory/target", str(cfg.memory_kib), None),
+            (f"{dom}/cpu", "", None),
+            *[(f"{dom}/cpu/{v}/availability", "online", None) for v in range(cfg.vcpus)],
+            (f"{dom}/store", "", None),
+            (f"{dom}/store/port", str(self.report.store_evtchn), None),
+            (f"{dom}/store/ring-ref", str(p2m[lay.xenstore.pfn]), None),
+            (f"{dom}/console", "", None),
+            (f"{dom}/console/port", str(self.report.console_evtchn), None),
+            (f"{dom}/console/ring-ref", str(p2m[lay.console.pfn]), None),
+            (f"{dom}/console/type", "xenconsoled", None),
+            (f"{dom}/console/output", "pty", None),
+            (f"{dom}/console/limit", "1048576", None),
+            (f"{dom}/console/tty", "", rw),
+            (f"{dom}/control", "", None),
+            (f"{dom}/control/shutdown", "", rw),
+            (f"{dom}/control/sysrq", "", rw),
+            (f"{dom}/control/feature-poweroff", "", rw),
+            (f"{dom}/control/feature-reboot", "", rw),
+            (f"{dom}/control/feature-suspend", "", rw),
+            (f"{dom}/control/platform-feature-multiprocessor-suspend", "1", None),
+            (f"{dom}/control/platform-feature-xs_reset_watches", "1", None),
+            (f"{dom}/data", "", rw),
+            (f"{dom}/drivers", "", rw),
+            (f"{dom}/feature", "", rw),
+            (f"{dom}/attr", "", rw),
+            (f"{dom}/error", "", rw),
+            (f"{dom}/device", "", ro),
+            (f"{dom}/device/suspend", "", ro),
+            (f"{dom}/device/suspend/event-channel", "", rw),
+            (vm, "", priv),
+            (f"{vm}/name", cfg.name, None),
+            (f"{vm}/uuid", str(cfg.uuid), None),
+            (f"{vm}/start_time", f"{time.time():.2f}", None),
+            (f"{vm}/image", "", None),
+            (f"{vm}/image/ostype", "linux", None),
+            (f"{vm}/image/kernel", str(cfg.kernel), None),
+            (f"{vm}/image/ramdisk", str(cfg.ramdisk or ""), None),
+            (f"{vm}/image/cmdline", cfg.cmdline, None),
+            (libxl, "", priv),
+            (f"{libxl}/type", "pv", None),
+            (f"{libxl}/on_poweroff", cfg.on_poweroff.value, None),
+            (f"{libxl}/on_reboot", cfg.on_reboot.value, None),
+            (f"{libxl}/on_crash", cfg.on_crash.value, None),
+        ]
+
+        def write_all(tx: Any) -> None:
+            for path, value, perms in entries:
+                tx.write(path, value)
+                if perms is not None:
+                    tx.set_perms(path, perms)
+
+        xs.retry(write_all)
+
+    def _rm_xenstore(self, *paths: str) -> None:
+        xs = self.host.xenstore
+        for path in paths:
+            try:
+                xs.rm(path)
+            except OSError as e:
+                if e.errno != errno.ENOENT:
+                    raise
+
+    def introduce(self) -> None:
+        xs = self.host.xenstore
+        store_mfn = self.report.p2m[self.p.layout.xenstore.pfn]
+        xs.introduce(self.domid, store_mfn, self.report.store_evtchn)
+        self.undo.append(("released it in xenstored", self._release))
+
+    def _release(self) -> None:
+        try:
+            self.host.xenstore.release(self.domid)
+        except OSError as e:
+            if e.errno not in (errno.ENOENT, errno.EINVAL, errno.ESRCH):
+                raise
+
+    def rollback(self) -> tuple[list[str], list[str]]:
+        done: list[str] = []
+        failed: list[str] = []
+        for what, fn in reversed(self.undo):
+            try:
+                fn()
+                done.append(what)
+            except Exception as e:  # keep undoing the rest; report what stayed
+                log.warning("rollback of %s: %s failed: %s", self.config.name, what, e)
+                failed.append(f"{what}: {e}")
+        self.undo.clear()
+        return done, failed
+
+
+def build_pv(
+    host: Host,
+    config: DomainConfig,
+    *,
+    on_step: Callable[[str], None] | None = None,
+    prepared: Prepared | None = None,
+) -> BuildReport:
+    """Build ``config`` as a paused 64-bit PV domain on ``host``; return what was done (``report.domid``).
+
+    ``on_step(name)`` is called before each step (tracing; a test may raise from it to inject a failure).
+    Raises ``KernelImageError``/``LayoutError``/``OSError`` before anything exists (nothing to roll back),
+    ``BuildError`` (after a complete rollback) for any failure once the domain exists.
+    """
+    if on_step is not None:
+        on_step("load kernel")
+    p = prepared or prepare(config)  # KernelImageError, LayoutError: nothing exists yet
+    b = _Build(host, p, on_step)
+    steps: list[tuple[str, Callable[[], None]]] = [
+        ("createdomain", b.createdomain),
+        ("max_vcpus", b.max_vcpus),
+        ("max_mem", b.max_mem),
+        ("address_size", b.address_size),
+        ("populate_physmap", b.populate),
+        ("event channels", b.event_channels),
+        ("load memory", b.load_memory),
+        ("pin page tables", b.pin),
+        ("grant table", b.grant_table),
+        ("setvcpucontext", b.setvcpucontext),
+        ("xenstore", b.xenstore),
+        ("introduce", b.introduce),
+    ]
+    try:
+        for name, fn in steps:
+            b.run(name, fn)
+    except BaseException as e:
+        done, failed = b.rollback()
+        raise BuildError(config.name, b.step, e, done, failed) from e
+    log.info("built domain %d (%s) in %d steps", b.domid, config.name, len(steps))
+    return b.report
+
