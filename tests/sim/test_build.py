@@ -205,3 +205,22 @@ def test_two_builds_from_two_threads(kernel: Path) -> None:
     assert sorted(ids) == [1, 2]
     for domid in ids:
         assert xen.build.guest_view(domid).start_info.nr_pages == 32 * 256
+
+
+def test_host_create_start_destroy(sim_host: xenpure.Host, sim_xen: SimXen, kernel: Path) -> None:
+    d = sim_host.create(config(kernel, name="web"))
+    assert d.info().paused and d.name == "web"
+    d.start()
+    assert not d.info().paused
+    d.destroy()
+    assert set(sim_xen.domains) == {0}
+    assert str(d.id) not in sim_host.xenstore.directory("/local/domain")
+
+
+def test_xl_cfg_to_domain(sim_host: xenpure.Host, tmp_path: Path, kernel: Path) -> None:
+    from xenpure.domain import load_xl_config
+
+    cfg = tmp_path / "g.cfg"
+    cfg.write_text(f'type="pv"\nname="fromcfg"\nmemory=32\nkernel="{kernel}"\nextra="console=hvc0"\n')
+    d = sim_host.create(load_xl_config(cfg))
+    assert d.name == "fromcfg" and d.info().memory_kib == 32 * 1024

@@ -6,20 +6,35 @@ Rule 1: this package composes the layers below it and never calls ``ioctl`` itse
 
 from __future__ import annotations
 
+from ._builder import BuildError, BuildReport
+from ._config import Action, ConfigError, DomainConfig
 from ._domain import Domain
 from ._events import DomainEvent, EventKind, EventStream
 from ._host import Host
+from ._kernel_image import KernelImageError
+from ._pvlayout import LayoutError
 from ._types import DomainInfo, DomainState, PhysInfo, VcpuInfo, XenVersion
+from ._xlcfg import load as load_xl_config
+from ._xlcfg import parse as parse_xl_config
 
 __all__ = [
+    "Action",
+    "BuildError",
+    "BuildReport",
+    "ConfigError",
     "Domain",
+    "DomainConfig",
     "DomainEvent",
     "DomainInfo",
     "DomainState",
     "EventKind",
     "EventStream",
     "Host",
+    "KernelImageError",
+    "LayoutError",
     "PhysInfo",
     "VcpuInfo",
     "XenVersion",
+    "load_xl_config",
+    "parse_xl_config",
 ]

@@ -116,6 +116,11 @@ class Domain:
         """
         self.host._domctl(DomctlCmd.unpausedomain, self.id)
 
+    def start(self) -> None:
+        """Run a domain that ``Host.create`` left paused (``XEN_DOMCTL_unpausedomain``): vcpu 0 starts at the
+        kernel's entry point. Raises ``InvalidArgument`` if it is not paused."""
+        self.unpause()
+
     # -- stop -------------------------------------------------------------------------------------------
     def remote_shutdown(self, reason: ShutdownReason) -> None:
         """Put the domain in the shutdown state with ``reason`` (``SCHEDOP_remote_shutdown``).

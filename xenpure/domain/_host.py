@@ -9,7 +9,7 @@ from __future__ import annotations
 import errno
 import logging
 import uuid as _uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from itertools import pairwise
 from typing import Any
 
@@ -23,6 +23,7 @@ from ..hypercall.abi.sysctl import SysctlCmd
 from ..hypercall.abi.version import CAPABILITIES_INFO_LEN, CHANGESET_INFO_LEN, EXTRAVERSION_LEN, XenVer
 from ..hypercall.abi.xen import DOMID_FIRST_RESERVED
 from ..kernel import Kernel
+from ._config import DomainConfig
 from ._domain import Domain
 from ._events import DEFAULT_INTERVAL, EventStream
 from ._types import DomainInfo, PhysInfo, XenVersion
@@ -179,6 +180,19 @@ class Host:
             if self.domain_name(info.domid) == key:
                 return Domain(self, info.domid)
         raise NoSuchDomain(3, "getdomaininfolist", None, f"no domain is named {key!r}")
+
+    def create(self, config: DomainConfig, *, on_step: Callable[[str], None] | None = None) -> Domain:
+        """Build ``config`` as a new 64-bit PV domain, left paused; ``Domain.start()`` runs it.
+
+        The builder (``_builder.build_pv``) checks the kernel and layout first (``KernelImageError``,
+        ``LayoutError``: no domain is created), then issues createdomain, max_vcpus, max_mem,
+        populate_physmap, EVTCHNOP_alloc_unbound, foreign mappings of the guest's frames, MMUEXT_PIN_L4_TABLE,
+        the grant table seeding, setvcpucontext, the xenstore entries and XS_INTRODUCE; any failure after
+        createdomain undoes it all and raises ``BuildError`` naming the step.
+        """
+        from ._builder import build_pv
+
+        return Domain(self, build_pv(self, config, on_step=on_step).domid)
 
     def events(self, *, timeout: float | None = None, interval: float = DEFAULT_INTERVAL) -> EventStream:
         """Lifecycle events from now on (introduced, paused, unpaused, shutdown, crashed, destroyed).
