@@ -140,6 +140,70 @@ def cmd_destroy(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_create(args: argparse.Namespace) -> int:
+    from .domain import ConfigError, LayoutError, load_xl_config
+
+    try:
+        config = load_xl_config(args.file)
+    except (ConfigError, OSError) as e:
+        print(f"xenpure: {e}", file=sys.stderr)
+        return 1
+    with _host(args) as host:
+        try:
+            d = host.create(config)
+        except LayoutError as e:
+            print(f"xenpure: {e}", file=sys.stderr)
+            return 1
+        if not args.paused:
+            d.start()
+        print(f"created domain {config.name} (id {d.id}){' paused' if args.paused else ''}")
+        if args.console:
+            return _console(host, d.id)
+    return 0
+
+
+def _console(host: Host, domid: int, timeout: float = 30.0) -> int:
+    """Relay the pty xenconsoled publishes at console/tty to this terminal, until Ctrl-] or the pty closes."""
+    import os
+    import selectors
+
+    deadline = time.monotonic() + timeout
+    tty = b""
+    while not tty and time.monotonic() < deadline:
+        try:
+            tty = bytes(host.xenstore.read(f"/local/domain/{domid}/console/tty"))
+        except OSError:
+            pass
+        if not tty:
+            time.sleep(0.2)
+    if not tty:
+        print(f"xenpure: no console tty for domain {domid} (is xenconsoled running?)", file=sys.stderr)
+        return 1
+    fd = os.open(tty.decode(), os.O_RDWR | os.O_NOCTTY)
+    sel = selectors.DefaultSelector()
+    sel.register(fd, selectors.EVENT_READ)
+    sel.register(sys.stdin.fileno(), selectors.EVENT_READ)
+    try:
+        while True:
+            for key, _ in sel.select():
+                if key.fd == fd:
+                    data = os.read(fd, 4096)
+                    if not data:
+                        return 0
+                    sys.stdout.buffer.write(data)
+                    sys.stdout.buffer.flush()
+                else:
+                    data = os.read(key.fd, 4096)
+                    if not data or b"\x1d" in data:  # EOF or Ctrl-]: detach, as xl console does
+                        return 0
+                    os.write(fd, data)
+    except OSError:
+        return 0
+    finally:
+        sel.close()
+        os.close(fd)
+
+
 def cmd_events(args: argparse.Namespace) -> int:
     with _host(args) as host, host.events(timeout=args.timeout) as stream:
         names: dict[int, str | None] = {}
@@ -233,6 +297,10 @@ def _parser() -> argparse.ArgumentParser:
                     domain=True)
         s.add_argument("-w", "--wait", action="store_true", help="wait until it has shut down")
         s.add_argument("--timeout", type=float, default=60.0, help="seconds to wait (default 60)")
+    s = command("create", "build and start a PV guest from an xl.cfg file (like `xl create`)", cmd_create)
+    s.add_argument("file", help="the xl.cfg file (type=\"pv\": name, memory, maxmem, vcpus, kernel, ramdisk, extra)")
+    s.add_argument("-p", "--paused", action="store_true", help="leave the domain paused")
+    s.add_argument("-c", "--console", action="store_true", help="attach to its console afterwards (Ctrl-] detaches)")
     s = command("destroy", "destroy a domain at once", cmd_destroy, domain=True)
     s.add_argument("--timeout", type=float, default=60.0)
     s = command("events", "follow lifecycle events", cmd_events, data=True)
