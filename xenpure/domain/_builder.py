@@ -289,14 +289,29 @@ class _Build:
 
         lay = GRANT_ENTRY_V1.layout()
         p2m, layout = self.report.p2m, self.p.layout
-        with ForeignMemory.open(self.host.kernel) as fm, fm.map_grant_table(self.domid, 1, readonly=False) as gt:
-            view = gt.view
+        with ForeignMemory.open(self.host.kernel) as fm, self._map_grant_table(fm) as gt:
             for ref, pfn in ((GnttabReserved.CONSOLE, layout.console.pfn), (GnttabReserved.XENSTORE,
                                                                               layout.xenstore.pfn)):
                 off = int(ref) * lay.size
                 # Frame and grantee first, then the flags that make the entry valid.
-                view[off : off + lay.size] = lay.build(flags=0, domid=0, frame=p2m[pfn])
-                view[off : off + 2] = int(GrantType.permit_access).to_bytes(2, "little")
+                gt.view[off : off + lay.size] = lay.build(flags=0, domid=0, frame=p2m[pfn])
+                gt.view[off : off + 2] = int(GrantType.permit_access).to_bytes(2, "little")
+
+    def _map_grant_table(self, fm: Any) -> Any:
+        """Frame 0 of the guest's grant table, writable: XENMEM_acquire_resource (MMAP_RESOURCE) where the
+        kernel and Xen offer it, else GNTTABOP_setup_table's frame numbers mapped with MMAPBATCH_V2."""
+        from ..errors import HypercallError
+        from ..gnttab import GnttabOps
+
+        try:
+            return fm.map_grant_table(self.domid, 1, readonly=False)
+        except HypercallError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.ENOTTY, errno.EINVAL, errno.EPERM,
+                               errno.EACCES):
+                raise
+            log.debug("grant table resource not mappable (%s); mapping setup_table's frames", e)
+        frames = GnttabOps(self.host.privcmd).setup_table(self.domid, 1)
+        return fm.map(self.domid, frames[:1])
 
     def setvcpucontext(self) -> None:
         ctx = VCPU_GUEST_CONTEXT.layout()

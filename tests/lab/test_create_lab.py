@@ -1,0 +1,231 @@
+"""Creating PV guests with xenpure's pure-Python builder on real Xen 4.17, checked with xl and the console.
+
+The guest is the lab's (tests/lab/conftest.py): the Debian kernel as an ELF (vmlinux) and as an xz bzImage
+(vmlinuz), a busybox initramfs whose /init prints XENPURE-GUEST-UP on hvc0. xenconsoled logs each
+guest's console to /var/log/xen/console/guest-NAME.log.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import xenpure
+from xenpure.domain import BuildError, DomainConfig, KernelImageError, load_xl_config
+
+MARKER = "XENPURE-GUEST-UP"
+CONSOLE_LOG_DIR = Path("/var/log/xen/console")
+BOOT_TIMEOUT = 150.0
+
+
+def console(name: str) -> str:
+    try:
+        return (CONSOLE_LOG_DIR / f"guest-{name}.log").read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+def wait_marker(name: str, timeout: float = BOOT_TIMEOUT) -> str:
+    deadline = time.monotonic() + timeout
+    while MARKER not in (seen := console(name)):
+        if time.monotonic() > deadline:
+            tail = "\n".join(seen.splitlines()[-25:])
+            raise TimeoutError(f"{MARKER} not on {name}'s console within {timeout:.0f} s; tail:\n{tail}")
+        time.sleep(0.5)
+    return seen
+
+
+@pytest.fixture
+def host() -> Iterator[xenpure.Host]:
+    with xenpure.connect() as h:
+        yield h
+
+
+@pytest.fixture
+def lab_config(lab_guest_dir: Path) -> DomainConfig:
+    cfg_file = lab_guest_dir / "guest.cfg"
+    if not cfg_file.exists():
+        pytest.skip(f"no lab guest in {lab_guest_dir}")
+    return load_xl_config(cfg_file)
+
+
+@pytest.fixture
+def names(xl: Any) -> Iterator[Callable[[str], str]]:
+    """Unique guest names; whatever still exists under them is destroyed with xl afterwards."""
+    made: list[str] = []
+
+    def make(tag: str) -> str:
+        made.append(f"xp-{tag}-{os.getpid()}-{len(made)}")
+        return made[-1]
+
+    yield make
+    for name in made:
+        if xl.domid(name) is not None:
+            xl.run("destroy", name)
+
+
+def _xenstore_mentions(host: xenpure.Host, domid: int) -> list[str]:
+    xs = host.xenstore
+    left = []
+    for path in (f"/local/domain/{domid}", f"/libxl/{domid}"):
+        try:
+            xs.directory(path)
+            left.append(path)
+        except FileNotFoundError:
+            pass
+    return left
+
+
+def test_create_vmlinux_boots_and_xl_manages_it(
+    host: xenpure.Host, lab_config: DomainConfig, names: Callable[[str], str], xl: Any, wait: Any
+) -> None:
+    name = names("elf")
+    cfg = dataclasses.replace(lab_config, name=name)
+    t0 = time.monotonic()
+    d = host.create(cfg)
+    built = time.monotonic() - t0
+    assert d.info().paused
+    d.start()
+    print(f"xenpure create (vmlinux, {cfg.memory} MiB) to unpause: {built:.2f} s")
+    out = wait_marker(name)
+    assert "Linux version" in out
+    row = xl.list()[name]
+    assert (row.domid, row.mem_mib, row.vcpus) == (d.id, cfg.memory, cfg.vcpus)
+    # xl's own shutdown: control/shutdown through the guest's xenbus, then the guest powers off.
+    xl("shutdown", "-w", name, timeout=120)
+    wait(lambda: d.info().shutdown_reason is not None if d.exists() else True, 60, "the guest to shut down")
+    if d.exists():
+        d.destroy()
+    wait(lambda: xl.domid(name) is None, 60, f"{name} to leave xl list")
+    assert _xenstore_mentions(host, d.id) == []
+
+
+def test_create_bzimage_boots_and_xenpure_destroys_it(
+    host: xenpure.Host, lab_config: DomainConfig, lab_guest_dir: Path, names: Callable[[str], str], xl: Any,
+    wait: Any,
+) -> None:
+    name = names("bz")
+    cfg = dataclasses.replace(lab_config, name=name, kernel=lab_guest_dir / "vmlinuz")
+    t0 = time.monotonic()
+    d = host.create(cfg)
+    print(f"xenpure create (bzImage, {cfg.memory} MiB) to unpause: {time.monotonic() - t0:.2f} s")
+    d.start()
+    wait_marker(name)
+    assert name in xl.list()
+    d.destroy()
+    wait(lambda: xl.domid(name) is None, 60, f"{name} to leave xl list")
+    assert _xenstore_mentions(host, d.id) == []
+    assert not d.exists()
+
+
+def test_xenpure_shutdown(host: xenpure.Host, lab_config: DomainConfig, names: Callable[[str], str], xl: Any,
+                          wait: Any) -> None:
+    name = names("sd")
+    d = host.create(dataclasses.replace(lab_config, name=name))
+    d.start()
+    wait_marker(name)
+    d.shutdown(wait=True, timeout=120)
+    d.destroy()
+    wait(lambda: xl.domid(name) is None, 60, f"{name} to leave xl list")
+    assert _xenstore_mentions(host, d.id) == []
+
+
+@pytest.mark.parametrize("breakage", ["truncated", "wrong-arch", "bad-notes"])
+def test_broken_kernel_rejected_before_any_domain(
+    host: xenpure.Host, lab_config: DomainConfig, tmp_path: Path, names: Callable[[str], str], breakage: str
+) -> None:
+    data = bytearray(lab_config.kernel.read_bytes())
+    if breakage == "truncated":
+        data = data[: len(data) // 3]
+    elif breakage == "wrong-arch":
+        data[18:20] = (183).to_bytes(2, "little")  # e_machine = EM_AARCH64
+    else:
+        i = data.find(b"xen-3.0\0")
+        assert i > 0
+        data[i : i + 7] = b"xen-9.9"
+    bad = tmp_path / "vmlinux"
+    bad.write_bytes(data)
+    before = [i.domid for i in host.domain_infos()]
+    with pytest.raises(KernelImageError):
+        host.create(dataclasses.replace(lab_config, name=names("bad"), kernel=bad))
+    assert [i.domid for i in host.domain_infos()] == before
+
+
+@pytest.mark.parametrize("step", ["populate_physmap", "pin page tables", "setvcpucontext", "introduce"])
+def test_injected_failure_leaves_no_domain(
+    host: xenpure.Host, lab_config: DomainConfig, names: Callable[[str], str], xl: Any, step: str
+) -> None:
+    name = names("inj")
+    before = [i.domid for i in host.domain_infos()]
+
+    def fail(s: str) -> None:
+        if s == step:
+            raise RuntimeError("injected failure")
+
+    with pytest.raises(BuildError, match=f"step '{step}'") as ei:
+        host.create(dataclasses.replace(lab_config, name=name), on_step=fail)
+    assert not ei.value.leftovers
+    # destroydomain returns once Xen has torn the domain down; wait for it to finish dying.
+    deadline = time.monotonic() + 30
+    while [i.domid for i in host.domain_infos()] != before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert [i.domid for i in host.domain_infos()] == before
+    assert xl.domid(name) is None
+
+
+def test_two_concurrent_builds_both_boot(lab_config: DomainConfig, names: Callable[[str], str], xl: Any) -> None:
+    cfgs = [dataclasses.replace(lab_config, name=names(f"c{i}")) for i in range(2)]
+    ids: dict[str, int] = {}
+    errors: list[BaseException] = []
+
+    def build(cfg: DomainConfig) -> None:
+        try:
+            with xenpure.connect() as h:
+                d = h.create(cfg)
+                d.start()
+                ids[cfg.name] = d.id
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=build, args=(c,)) for c in cfgs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert not errors, errors
+    assert len(set(ids.values())) == 2
+    for c in cfgs:
+        wait_marker(c.name)
+    with xenpure.connect() as h:
+        for c in cfgs:
+            h.domain(ids[c.name]).destroy()
+
+
+def test_create_speed_against_xl(host: xenpure.Host, lab_config: DomainConfig, lab_guest_dir: Path,
+                                 names: Callable[[str], str], xl: Any, tmp_path: Path) -> None:
+    """create -> paused, for xenpure and for `xl create -p`, same kernel and memory (printed; a ratio)."""
+    rows = []
+    for kernel in ("vmlinux", "vmlinuz"):
+        name = names("bx")
+        cfg_file = tmp_path / f"{kernel}.cfg"
+        shutil.copy(lab_guest_dir / "guest.cfg", cfg_file)
+        t0 = time.monotonic()
+        xl("create", "-p", str(cfg_file), f'name="{name}"', f'kernel="{lab_guest_dir / kernel}"', timeout=300)
+        t_xl = time.monotonic() - t0
+        xl("destroy", name)
+        name = names("bp")
+        t0 = time.monotonic()
+        d = host.create(dataclasses.replace(lab_config, name=name, kernel=lab_guest_dir / kernel))
+        t_xp = time.monotonic() - t0
+        d.destroy()
+        rows.append((kernel, t_xl, t_xp))
+    for kernel, t_xl, t_xp in rows:
+        print(f"BENCH create-to-paused {kernel}: xl {t_xl:.2f} s, xenpure {t_xp:.2f} s, ratio {t_xp / t_xl:.2f}")
