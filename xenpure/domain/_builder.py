@@ -100,16 +100,27 @@ class Prepared:
 
 
 @dataclass
-class BuildReport:
-    """What a build did, for tracing and tests: the domid, steps run (with seconds each), the layout, the
-    p2m, the event channels and the L4's machine frame."""
+class _Progress:
+    """What a build in progress has made so far (the mutable twin of ``BuildReport``)."""
 
     domid: int = 0
     steps: list[tuple[str, float]] = field(default_factory=list)
-    layout: PvLayout | None = None
     p2m: list[int] = field(default_factory=list)
     store_evtchn: int = 0
     console_evtchn: int = 0
+
+
+@dataclass(frozen=True)
+class BuildReport:
+    """What a build did, for tracing and tests: the domid, the steps run (with seconds each), the layout,
+    the p2m (pfn -> mfn) and the xenstore and console event channels (ports of the guest)."""
+
+    domid: int
+    steps: tuple[tuple[str, float], ...]
+    layout: PvLayout
+    p2m: tuple[int, ...]
+    store_evtchn: int
+    console_evtchn: int
 
 
 def prepare(config: DomainConfig) -> Prepared:
@@ -142,7 +153,7 @@ class _Build:
         self.p = prepared
         self.config = prepared.config
         self.on_step = on_step
-        self.report = BuildReport(layout=prepared.layout)
+        self.report = _Progress()
         self.undo: list[tuple[str, Callable[[], None]]] = []
         self.step = "start"
 
@@ -472,5 +483,6 @@ def build_pv(
         done, failed = b.rollback()
         raise BuildError(config.name, b.step, e, done, failed) from e
     log.info("built domain %d (%s) in %d steps", b.domid, config.name, len(steps))
-    return b.report
+    r = b.report
+    return BuildReport(r.domid, tuple(r.steps), p.layout, tuple(r.p2m), r.store_evtchn, r.console_evtchn)
 
