@@ -211,3 +211,23 @@ def test_ten_thousand_bind_unbind_cycles_leak_nothing(sim_xen: SimXen) -> None:
             assert a.port == 1  # ports are reused: none was left allocated
     assert open_fds() == before
     assert not kernel.open_devices and kernel.live_mappings == 0
+
+
+def test_driver_edges_as_observed_in_the_lab(evt: EventChannels) -> None:
+    with pytest.raises(InvalidArgument):
+        evt.unbind(4000)  # beyond the FIFO ABI's first event page
+    with pytest.raises(HypercallError) as ei:
+        evt.notify(4000)
+    assert ei.value.errno == errno.ENOTCONN
+    evt.unmask(4000)  # a port the handle did not bind is ignored
+    with pytest.raises(NoSuchDomain):
+        evt.bind_interdomain(999, 1)
+    with evt.bind_unbound_port(999) as ch:  # Xen does not check the remote domain of an unbound port
+        assert ch.remote_domid == 999
+    with pytest.raises(InvalidArgument):
+        evt.bind_virq(99)
+    with pytest.raises(InvalidArgument):
+        evt.restrict(0x7FF0)
+    evt.restrict(3)
+    with pytest.raises(AccessDenied):
+        evt.restrict(4)  # a restriction cannot be changed

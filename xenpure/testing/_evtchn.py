@@ -57,6 +57,9 @@ __all__ = ["SimEventChannels", "SimEvtchnFile", "SimPort"]
 
 #: Ports per domain in the 2-level ABI on x86_64 (64 * 64); port 0 is never handed out.
 NR_PORTS = 4096
+#: Ports Linux's FIFO event ABI covers until it expands its event array (one page of event words):
+#: IOCTL_EVTCHN_UNBIND answers EINVAL at or above it, ENOTCONN below for a port the file did not bind.
+FIFO_FIRST_PAGE = 1024
 #: Linux's per-file queue of fired ports: one page of uint32_t.
 QUEUE_LEN = 4096 // PORT_SIZE
 #: VIRQs bound once per domain, on vcpu 0 (the others are per vcpu).
@@ -351,6 +354,8 @@ class SimEvtchnFile:
 
     def _unbind(self, arg: bytearray) -> int:
         port = IOC_UNBIND.layout().parse(arg).port
+        if port >= FIFO_FIRST_PAGE:
+            raise _err(errno.EINVAL, f"port {port} is beyond the event array")
         self._mine(port)
         self.ports.discard(port)
         self.model.close(0, port)
@@ -382,7 +387,7 @@ class SimEvtchnFile:
     def read(self, n: int) -> bytes:
         count = n // PORT_SIZE
         if count == 0:
-            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+            return b""  # the driver reads whole ports: less than one is a read of 0 bytes
         with self._lock:
             if self.overflow:
                 raise OSError(errno.EFBIG, os.strerror(errno.EFBIG))
@@ -396,7 +401,7 @@ class SimEvtchnFile:
     def write(self, data: bytes) -> int:
         count = len(data) // PORT_SIZE
         if count == 0:
-            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+            return 0
         with self.kernel.xen.lock:
             for (port,) in struct.iter_unpack("<I", data[: count * PORT_SIZE]):
                 if port in self.ports:  # other ports are ignored, as the driver does

@@ -335,7 +335,8 @@ class _File:
     def _new_range(self, grants: list[tuple[int, int]]) -> _Range:
         r = _Range(self._next_index, grants)
         self._next_index += len(grants) * PAGE
-        self.ranges[r.index] = r
+        if grants:  # an empty range takes no offset (the next one starts at the same index)
+            self.ranges[r.index] = r
         return r
 
     def _range_of(self, offset: int) -> _Range | None:
@@ -348,8 +349,10 @@ class _File:
         req = lay.parse(arg)
         r = self._range_of(req.index)
         action = UnmapNotify(req.action & 3)
-        if r is None or req.action & ~3:
-            raise _err(errno.EINVAL, f"no mapping holds offset {req.index:#x}")
+        if r is None:
+            raise _err(errno.ENOENT, f"no mapping holds offset {req.index:#x}")
+        if req.action & ~3:
+            raise _err(errno.EINVAL, f"unmap notify action {req.action:#x}")
         if action & UnmapNotify.SEND_EVENT and req.event_channel_port not in self.xen.evtchn.ports.get(0, {}):
             raise _err(errno.EINVAL, f"port {req.event_channel_port} is not an event channel of dom0")
         r.notify = _Notify(req.index - r.index, action, req.event_channel_port)
@@ -497,10 +500,9 @@ class SimGntallocFile(_File):
     def _alloc(self, arg: bytearray) -> int:
         lay = ALLOC_GREF.layout()
         req = lay.parse(arg)
-        if req.count == 0 or 16 + 4 * req.count > len(arg):
-            raise _err(errno.EINVAL, f"count {req.count}")
-        if req.domid not in self.xen.domains:
-            raise _err(errno.EINVAL, f"no domain {req.domid}")  # gntalloc checks nothing; Xen would later
+        if 16 + 4 * req.count > len(arg):
+            raise _err(errno.EFAULT, f"count {req.count} beyond the argument")
+        # Neither a count of 0 nor a domain that does not exist is refused: the grant just names it.
         gt = self.xen.gnttab
         refs = gt.free_refs(0, req.count)
         frames = self.xen.memory.alloc(0, req.count)
