@@ -1,8 +1,9 @@
 """/dev/xen/evtchn: bind event channels in dom0's kernel and receive their events in this process.
 
 Rule 1: one core. Fired ports come from one place (``_take``: a non-blocking read of the device, parsed and
-queued); ``pending`` and ``wait`` wait for the descriptor with ``selectors``, ``events`` with the running
-asyncio loop's reader, and both then call that same core. Nothing is written twice for sync and async.
+queued); ``pending`` and ``wait`` wait for the descriptor with ``poll``, ``events`` with the running asyncio
+loop's reader, and both then call that same core. The handle is itself selectable (``fileno``), so any
+``selectors`` selector or event loop can wait on it too. Nothing is written twice for sync and async.
 
 How the driver behaves underneath (Linux 6.1 on Xen 4.17, as observed in the lab): each bind ioctl issues
 the matching EVTCHNOP_* hypercall and returns the local port; when a port fires the driver queues it for
@@ -13,7 +14,7 @@ the file unbinds every port it bound.
 from __future__ import annotations
 
 import asyncio
-import selectors
+import select
 import struct
 import threading
 from collections import deque
@@ -22,6 +23,7 @@ from types import TracebackType
 
 from ..errors import ProtocolError, TryAgain
 from ..hypercall._device import device_ioctl, device_read, device_write
+from ..hypercall.abi._ioctl import Ioctl
 from ..hypercall.abi.event_channel import Virq
 from ..hypercall.abi.linux_evtchn import (
     BIND_INTERDOMAIN,
@@ -114,6 +116,9 @@ class EventChannels:
         self._channels: dict[int, Channel] = {}
         self._lock = threading.Lock()
         self._closed = False
+        # Readiness checks and sync waits: a poll object holds no descriptor of its own.
+        self._poll = select.poll()
+        self._poll.register(device.fileno(), select.POLLIN)
 
     # -- lifetime: xenevtchn_open / fdopen / close / fd ------------------------------------------------
     @classmethod
@@ -150,13 +155,9 @@ class EventChannels:
         self.close()
 
     # -- binding ---------------------------------------------------------------------------------------
-    def _bind(self, io: object, arg: bytes, make: type[Channel], **kw: int | str | None) -> Channel:
-        from ..hypercall.abi._ioctl import Ioctl
-
-        assert isinstance(io, Ioctl)
+    def _bind(self, io: Ioctl, arg: bytes, kind: str, **kw: int | None) -> Channel:
         port = device_ioctl(self.device, io, bytearray(arg))
-        kind = str(kw.pop("kind"))
-        ch = make(self, port, kind, **kw)  # type: ignore[arg-type]
+        ch = Channel(self, port, kind, **kw)
         with self._lock:
             self._channels[port] = ch
         return ch
@@ -165,7 +166,7 @@ class EventChannels:
         """A new local port that ``remote_domid`` may bind (``IOCTL_EVTCHN_BIND_UNBOUND_PORT``,
         EVTCHNOP_alloc_unbound underneath). Raises ``NoSuchDomain``, ``AccessDenied`` on a restricted handle."""
         arg = BIND_UNBOUND_PORT.layout().build(remote_domain=remote_domid)
-        return self._bind(IOCTL_EVTCHN_BIND_UNBOUND_PORT, arg, Channel, kind="unbound", remote_domid=remote_domid)
+        return self._bind(IOCTL_EVTCHN_BIND_UNBOUND_PORT, arg, "unbound", remote_domid=remote_domid)
 
     def bind_interdomain(self, remote_domid: int, remote_port: int) -> Channel:
         """A local port connected to ``remote_domid``'s unbound ``remote_port``
@@ -174,8 +175,7 @@ class EventChannels:
         dom0, ``NoSuchDomain``, ``AccessDenied`` on a handle restricted to another domain."""
         arg = BIND_INTERDOMAIN.layout().build(remote_domain=remote_domid, remote_port=remote_port)
         return self._bind(
-            IOCTL_EVTCHN_BIND_INTERDOMAIN, arg, Channel, kind="interdomain", remote_domid=remote_domid,
-            remote_port=remote_port,
+            IOCTL_EVTCHN_BIND_INTERDOMAIN, arg, "interdomain", remote_domid=remote_domid, remote_port=remote_port
         )
 
     def bind_virq(self, virq: Virq | int) -> Channel:
@@ -185,7 +185,7 @@ class EventChannels:
         holds VIRQ_DOM_EXC), ``InvalidArgument`` for a VIRQ out of range.
         """
         arg = BIND_VIRQ.layout().build(virq=int(virq))
-        return self._bind(IOCTL_EVTCHN_BIND_VIRQ, arg, Channel, kind="virq", virq=int(virq))
+        return self._bind(IOCTL_EVTCHN_BIND_VIRQ, arg, "virq", virq=int(virq))
 
     def unbind(self, port: int) -> None:
         """Unbind a port this handle bound (``IOCTL_EVTCHN_UNBIND``). Raises ``HypercallError`` ENOTCONN for
@@ -225,13 +225,8 @@ class EventChannels:
     # -- the core: fired ports ---------------------------------------------------------------------------
     def _take(self) -> None:
         """Read every fired port the device has now, without blocking, onto the queue."""
-        sel = selectors.DefaultSelector()
-        try:
-            sel.register(self.fileno(), selectors.EVENT_READ)
-            if not sel.select(0):
-                return
-        finally:
-            sel.close()
+        if self._closed or not self._poll.poll(0):
+            return
         try:
             data = device_read(self.device, _READ_PORTS * PORT_SIZE, "evtchn read (pending)")
         except TryAgain:
@@ -251,9 +246,7 @@ class EventChannels:
         None: wait for ever). The port stays masked until ``unmask``."""
         port = self._next()
         if port is None and timeout != 0:
-            with selectors.DefaultSelector() as sel:
-                sel.register(self.fileno(), selectors.EVENT_READ)
-                sel.select(timeout)
+            self._poll.poll(None if timeout is None else max(0, int(timeout * 1000)))
             port = self._next()
         return port
 
