@@ -199,3 +199,12 @@ def test_real_debian_kernel(path: str) -> None:
     assert k.notes.guest_os == "linux" and k.notes.xen_version == "xen-3.0"
     assert k.virt_kstart <= k.entry < k.virt_kend
     assert XenFeature.writable_page_tables in k.notes.features_supported
+
+
+def test_flat_image_matches_pages() -> None:
+    k = load_kernel(make_elf())
+    flat = k.flat()
+    assert len(flat) == k.virt_kend - k.virt_kstart
+    pages = dict(k.pages())
+    for i in range(len(flat) // 4096):
+        assert bytes(flat[i * 4096 : (i + 1) * 4096]) == pages.get(i, bytes(4096))

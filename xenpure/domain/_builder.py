@@ -236,29 +236,22 @@ class _Build:
         self.report.store_evtchn = ops.alloc_unbound(self.domid, 0)
         self.report.console_evtchn = ops.alloc_unbound(self.domid, 0)
 
-    def pages(self) -> Iterator[tuple[int, bytes]]:
-        """Every page the bootstrap writes, as (pfn, bytes <= 4096, zero-extended), in pfn order."""
+    def blobs(self) -> Iterator[tuple[int, bytes | bytearray]]:
+        """What the bootstrap writes, as (first pfn, bytes) runs in pfn order; each run is zero-extended to
+        whole pages (frames are scrubbed by Xen, but bss and rings must be zero whatever the pattern)."""
         lay = self.p.layout
         p2m = self.report.p2m
-        content = dict(self.p.kernel.pages())
-        for i in range(lay.kernel.count):
-            yield lay.kernel.pfn + i, content.get(i, b"")
+        yield lay.kernel.pfn, self.p.kernel.flat()
         if lay.ramdisk is not None:
-            rd = self.p.ramdisk
-            for i in range(lay.ramdisk.count):
-                yield lay.ramdisk.pfn + i, rd[i * PAGE : (i + 1) * PAGE]
-        raw = p2m_bytes(p2m)
-        for i in range(lay.p2m.count):
-            yield lay.p2m.pfn + i, raw[i * PAGE : (i + 1) * PAGE]
+            yield lay.ramdisk.pfn, self.p.ramdisk
+        yield lay.p2m.pfn, p2m_bytes(p2m)
         si = start_info(lay, p2m, shared_info_mfn=self._shared_info_mfn(), store_evtchn=self.report.store_evtchn,
                         console_evtchn=self.report.console_evtchn, cmdline=self.config.cmdline)
-        yield lay.start_info.pfn, si
-        yield lay.xenstore.pfn, b""
-        yield lay.console.pfn, b""
+        yield lay.start_info.pfn, si.ljust(PAGE, b"\0")
+        yield lay.xenstore.pfn, bytes(2 * PAGE)  # the xenstore and console rings, empty
         tables = page_tables(lay, p2m)
-        for pfn in sorted(tables):
-            yield pfn, tables[pfn]
-        yield lay.stack.pfn, b""
+        yield lay.page_tables.pfn, b"".join(tables[pfn] for pfn in sorted(tables))
+        yield lay.stack.pfn, bytes(PAGE)
 
     def _shared_info_mfn(self) -> int:
         _, rec, _ = self.host._domctl(DomctlCmd.getdomaininfo, self.domid)
@@ -268,23 +261,19 @@ class _Build:
         from ..foreignmemory import ForeignMemory
 
         p2m = self.report.p2m
-        batch: list[tuple[int, bytes]] = []
         with ForeignMemory.open(self.host.kernel) as fm:
-
-            def flush() -> None:
-                with fm.map(self.domid, [p2m[pfn] for pfn, _ in batch]) as m:
-                    for i, (_, data) in enumerate(batch):
-                        # Whole pages: populated frames are scrubbed by Xen, but bss and rings must be
-                        # zero whatever the scrub pattern. (No slice is kept: the mapping must unmap.)
-                        m.view[i * PAGE : (i + 1) * PAGE] = data.ljust(PAGE, b"\0")
-                batch.clear()
-
-            for pfn, data in self.pages():
-                if batch and (pfn != batch[-1][0] + 1 or len(batch) >= _MAP_BATCH):
-                    flush()
-                batch.append((pfn, data))
-            if batch:
-                flush()
+            for first, data in self.blobs():
+                view = memoryview(data)
+                pages = (len(data) + PAGE - 1) // PAGE
+                for i in range(0, pages, _MAP_BATCH):
+                    n = min(_MAP_BATCH, pages - i)
+                    chunk = view[i * PAGE : (i + n) * PAGE]
+                    with fm.map(self.domid, p2m[first + i : first + i + n]) as m:
+                        m.view[: len(chunk)] = chunk
+                        if len(chunk) < n * PAGE:
+                            m.view[len(chunk) : n * PAGE] = bytes(n * PAGE - len(chunk))
+                    chunk.release()
+                view.release()
 
     def pin(self) -> None:
         lay = MMUEXT_OP.layout()
@@ -345,8 +334,10 @@ class _Build:
         vm = f"/vm/{cfg.uuid}"
         libxl = f"/libxl/{domid}"
         self.undo.append((f"removed {dom}, {vm}, {libxl}", lambda: self._rm_xenstore(dom, vm, libxl)))
+        # The permissions xl gives these nodes (observed on 4.17): dom0-owned and guest-readable, or owned by
+        # the guest (the owner may always read and write) and invisible to others, or dom0's alone.
         ro = (Perm(0, PermAccess.NONE), Perm(domid, PermAccess.READ))
-        rw = (Perm(domid, PermAccess.NONE), Perm(0, PermAccess.NONE))  # owned by the guest: it may write
+        rw = (Perm(domid, PermAccess.NONE),)
         priv = (Perm(0, PermAccess.NONE),)
         p2m = self.report.p2m
         entries: list[tuple[str, str, tuple[Perm, ...] | None]] = [
@@ -357,6 +348,7 @@ class _Build:
             (f"{dom}/memory", "", None),
             (f"{dom}/memory/static-max", str(cfg.maxmem_kib), None),
             (f"{dom}/memory/target", str(cfg.memory_kib), None),
+            (f"{dom}/memory/videoram", "0", None),
             (f"{dom}/cpu", "", None),
             *[(f"{dom}/cpu/{v}/availability", "online", None) for v in range(cfg.vcpus)],
             (f"{dom}/store", "", None),
@@ -368,7 +360,7 @@ class _Build:
             (f"{dom}/console/type", "xenconsoled", None),
             (f"{dom}/console/output", "pty", None),
             (f"{dom}/console/limit", "1048576", None),
-            (f"{dom}/console/tty", "", rw),
+            (f"{dom}/console/tty", "", None),
             (f"{dom}/control", "", None),
             (f"{dom}/control/shutdown", "", rw),
             (f"{dom}/control/sysrq", "", rw),
@@ -385,7 +377,7 @@ class _Build:
             (f"{dom}/device", "", ro),
             (f"{dom}/device/suspend", "", ro),
             (f"{dom}/device/suspend/event-channel", "", rw),
-            (vm, "", priv),
+            (vm, "", ro),
             (f"{vm}/name", cfg.name, None),
             (f"{vm}/uuid", str(cfg.uuid), None),
             (f"{vm}/start_time", f"{time.time():.2f}", None),
@@ -396,6 +388,7 @@ class _Build:
             (f"{vm}/image/cmdline", cfg.cmdline, None),
             (libxl, "", priv),
             (f"{libxl}/type", "pv", None),
+            (f"{libxl}/dm-version", "qemu_xen", None),  # what xl records even for a PV guest without qemu
             (f"{libxl}/on_poweroff", cfg.on_poweroff.value, None),
             (f"{libxl}/on_reboot", cfg.on_reboot.value, None),
             (f"{libxl}/on_crash", cfg.on_crash.value, None),

@@ -198,6 +198,15 @@ class KernelImage:
     def nr_kernel_pages(self) -> int:
         return (self.virt_kend - self.virt_kstart + PAGE - 1) // PAGE
 
+    def flat(self) -> bytearray:
+        """The kernel as it lies in memory: ``[virt_kstart, virt_kend)`` with every segment copied in and the
+        gaps and bss zero (one copy per segment)."""
+        out = bytearray(self.virt_kend - self.virt_kstart)
+        for seg in self.segments:
+            pos = seg.vaddr - self.virt_kstart
+            out[pos : pos + seg.filesz] = memoryview(self.elf)[seg.offset : seg.offset + seg.filesz]
+        return out
+
     def pages(self) -> Iterator[tuple[int, bytes]]:
         """The kernel's non-zero content as (page index from ``virt_kstart``, 4096 bytes), in order.
 
