@@ -25,6 +25,7 @@ from ..errors import NoSuchDomain, Timeout, TryAgain, XenError
 from ..hypercall.abi.domctl import DomctlCmd
 from ..hypercall.abi.sched import SCHED_REMOTE_SHUTDOWN, SchedOp, ShutdownReason
 from ..hypercall.abi.xen import Hypercall
+from ._console import GuestConsole
 from ._types import DomainInfo, VcpuInfo
 
 if TYPE_CHECKING:
@@ -258,6 +259,11 @@ class Domain:
             if e.errno == errno.ENOENT:
                 return None
             raise
+
+    # -- console ----------------------------------------------------------------------------------------
+    def console(self) -> GuestConsole:
+        """The guest's console output (xenconsoled's log, its pty, or the console ring itself)."""
+        return GuestConsole(self)
 
     # -- memory -----------------------------------------------------------------------------------------
     def set_max_memory(self, kib: int) -> None:

@@ -13,6 +13,11 @@ What wakes the monitor:
 * a timer (``interval``): Xen sends no notification when a controller pauses or unpauses a domain, so those
   transitions are seen by the next periodic snapshot. A pause undone within one interval is not reported.
 
+A domain is *introduced* once it has been born: unpaused, or paused after having run. A toolstack builds a
+domain paused and unpauses it when it is ready (``xl create``; ``xl create -p`` waits for ``xl unpause``),
+so the builder's pause is part of creation, not a PAUSED event. A domain destroyed before it ever ran is
+never reported at all.
+
 ``Host.events()`` returns an ``EventStream``: ``for`` and ``async for`` over it share this module's
 ``Monitor``; they differ only in how they wait for a file descriptor to become readable.
 """
@@ -107,7 +112,8 @@ class Monitor:
 
     def __init__(self, host: Host) -> None:
         self.host = host
-        self._snapshot = {i.domid: i for i in host.domain_infos()}
+        self._born: set[tuple[int, _uuid.UUID]] = set()
+        self._snapshot = self._take()
         self._evt: Any = None
         self._virq: Any = None
         self._xs: Any = None
@@ -163,10 +169,22 @@ class Monitor:
             except Timeout:
                 break
 
+    def _take(self) -> dict[int, DomainInfo]:
+        """A snapshot of the born domains (see the module docstring)."""
+        infos = self.host.domain_infos()
+        snap = {}
+        for i in infos:
+            key = (i.domid, i.uuid)
+            if key in self._born or not (i.paused and i.cpu_time_ns == 0):
+                self._born.add(key)
+                snap[i.domid] = i
+        self._born &= {(i.domid, i.uuid) for i in infos}  # forget the dead
+        return snap
+
     def poll(self) -> list[DomainEvent]:
         """Drain notifications, take a snapshot, return what changed since the previous one."""
         self._drain()
-        new = {i.domid: i for i in self.host.domain_infos()}
+        new = self._take()
         events = diff(self._snapshot, new)
         self._snapshot = new
         return events

@@ -112,12 +112,11 @@ class Host:
         parts: list[bytes] = []
         index = 0
         while True:
-            rec, tail = self._privcmd.sysctl(
-                self.interface,
-                SysctlCmd.readconsole,
-                lambda addr, index=index: {"incremental": 1, "index": index, "buffer": addr, "count": chunk},
-                extra=chunk,
-            )
+
+            def request(addr: int, index: int = index) -> dict[str, int]:
+                return {"incremental": 1, "index": index, "buffer": addr, "count": chunk}
+
+            rec, tail = self._privcmd.sysctl(self.interface, SysctlCmd.readconsole, request, extra=chunk)
             n = int(rec.count)
             if n > chunk:
                 raise ProtocolError(f"readconsole reported {n} bytes for a {chunk}-byte buffer")
@@ -135,12 +134,11 @@ class Host:
         out: list[DomainInfo] = []
         first = 0
         while first < DOMID_FIRST_RESERVED:
-            rec, tail = self._privcmd.sysctl(
-                self.interface,
-                SysctlCmd.getdomaininfolist,
-                lambda addr, first=first: {"first_domain": first, "max_domains": _BATCH, "buffer": addr},
-                extra=_BATCH * lay.size,
-            )
+
+            def request(addr: int, first: int = first) -> dict[str, int]:
+                return {"first_domain": first, "max_domains": _BATCH, "buffer": addr}
+
+            rec, tail = self._privcmd.sysctl(self.interface, SysctlCmd.getdomaininfolist, request, extra=_BATCH * lay.size)
             n = int(rec.num_domains)
             if n > _BATCH:
                 raise ProtocolError(f"getdomaininfolist returned {n} domains for a buffer of {_BATCH}")

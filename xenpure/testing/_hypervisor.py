@@ -138,7 +138,8 @@ class SimXen:
         dom0 = self.add_domain(0, memory_mib=1024, vcpus=nr_cpus)
         dom0.handle = uuid.UUID(int=0)  # dom0 is built by Xen itself, with a zero handle
         dom0.blocked = False
-        dom0.max_pages = 0xFFFFFFFFFFFFFFFF // PAGE  # dom0 is not capped unless dom0_mem says so
+        dom0.max_pages = dom0.tot_pages  # as with dom0_mem=1024M,max:1024M (the lab's command line)
+        self.guests: dict[int, Any] = {}
 
     # -- toolstack-side helpers (what tests and the simulated kernel call directly) ----------------------
     def add_domain(self, domid: int | None = None, *, memory_mib: int = 64, vcpus: int = 1) -> SimDomain:
@@ -150,6 +151,45 @@ class SimXen:
             d.vcpus = [SimVcpu(cpu=i % self.nr_cpus) for i in range(vcpus)]
             self.domains[domid] = d
             return d
+
+    def add_guest(
+        self, name: str, *, memory_mib: int = 128, vcpus: int = 1, listens: bool = True, obeys: bool = True
+    ) -> SimDomain:
+        """A running PV guest as ``xl create`` leaves it: a domain, its xenstore entries (introduced), a
+        console ring with boot lines, and a kernel that answers control/shutdown (see ``_guest.SimGuest``)."""
+        from ._guest import SimGuest
+
+        with self.lock:
+            d = self.add_domain(memory_mib=memory_mib, vcpus=vcpus)
+            self.guests[d.domid] = SimGuest(self, d, name, listens=listens, obeys=obeys)
+            return d
+
+    def shutdown_domain(self, d: SimDomain, reason: int) -> None:
+        """``d`` enters the shutdown state with ``reason`` (its own SCHEDOP_shutdown, or a remote one)."""
+        d.shutdown_code = reason
+        self._domain_event("shutdown", d)
+
+    @functools.cached_property
+    def xenstored(self) -> Any:
+        """The simulated xenstored (``_xenstored.SimXenstored``), seeded with Domain-0's entries. It fires
+        @releaseDomain as domains shut down and die, as xenstored does on VIRQ_DOM_EXC."""
+        from ._xenstored import SimXenstored
+
+        store = SimXenstored()
+        store.write("/local/domain/0/name", "Domain-0")
+        store.write("/local/domain/0/domid", "0")
+
+        def follow(event: str, d: SimDomain) -> None:
+            if event == "destroyed":
+                guest = self.guests.pop(d.domid, None)
+                if guest is not None:
+                    guest.close()
+                store.release(d.domid)
+            else:
+                store.domain_changed(d.domid)
+
+        self.domain_hooks.append(follow)
+        return store
 
     @property
     def free_pages(self) -> int:
@@ -448,6 +488,5 @@ class SimXen:
             raise XenErrno(errno.EINVAL, f"shutdown reason {req.reason}")
         if d.domid == 0:
             raise XenErrno(errno.EINVAL, "dom0 cannot be remotely shut down")
-        d.shutdown_code = req.reason
-        self._domain_event("shutdown", d)
+        self.shutdown_domain(d, req.reason)
         return 0

@@ -241,14 +241,7 @@ class SimKernel:
         return len(self._maps)
 
     def _xenstored(self) -> Any:
-        store = getattr(self.xen, "xenstored", None)
-        if store is None:
-            from ._xenstored import SimXenstored
-
-            store = self.xen.xenstored = SimXenstored()  # type: ignore[attr-defined]
-            store.write("/local/domain/0/name", "Domain-0")
-            store.write("/local/domain/0/domid", "0")
-        return store
+        return self.xen.xenstored
 
     def _map(self, length: int, source: str) -> SimBuffer:
         return self._place(length, lambda addr: SimBuffer(self, addr, length, source))

@@ -7,7 +7,9 @@ client reads them from a real, pollable descriptor (``selectors`` and asyncio wo
 
 The toolstack side of the simulator (the simulated hypervisor creating and destroying domains) calls the
 helpers ``write``/``read``/``rm``/``directory``/``introduce``/``release`` directly; they run as domain 0 and
-fire watches exactly as the same requests from a client would.
+fire watches exactly as the same requests from a client would. Simulated guests hold in-process connections
+(``attach``): their requests go through the same core as anyone's, and their watch events are decoded from
+the very bytes a socket would carry and handed to a callback once the triggering request is done.
 """
 
 from __future__ import annotations
@@ -17,13 +19,14 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..xenstore._client import DEFAULT_SOCKET
 from ..xenstore._server_core import Drop, Output, Send, ServerCore
 from ..xenstore._wire import (
     Directory,
+    Framer,
     GetPerms,
     Introduce,
     Mkdir,
@@ -126,6 +129,8 @@ class SimXenstored:
         self._lock = threading.RLock()
         self._conns: dict[int, SimConnection] = {}
         self._toolstack = self.core.connect(0)
+        self._listeners: dict[int, tuple[Framer, Callable[[str, str], None]]] = {}
+        self._due: list[tuple[Callable[[str, str], None], str, str]] = []
 
     # -- connections ------------------------------------------------------------------------------------
 
@@ -155,8 +160,46 @@ class SimXenstored:
             self.core.disconnect(conn.conn_id)
             self._conns.pop(conn.conn_id, None)
 
+    def attach(self, domid: int, on_watch: Callable[[str, str], None]) -> int:
+        """An in-process connection speaking for ``domid`` (a simulated guest's own). Its watch events call
+        ``on_watch(path, token)``; issue its requests with ``call_as``. Returns the connection id."""
+        with self._lock:
+            cid = self.core.connect(domid)
+            self._listeners[cid] = (Framer(), on_watch)
+            return cid
+
+    def call_as(self, conn: int, request: Request[Any]) -> Any:
+        """Issue ``request`` on an ``attach``ed connection; raises the xenstore error it answers."""
+        with self._lock:
+            value, outputs = self.core.call(conn, request)
+            self._deliver(outputs)
+            return value
+
+    def detach(self, conn: int) -> None:
+        with self._lock:
+            if self._listeners.pop(conn, None) is not None:
+                self.core.disconnect(conn)
+
     def _deliver(self, outputs: list[Output]) -> None:
+        with self._lock:
+            self._route(outputs)
+            # Guests react after the request that woke them is fully answered, like a separate process.
+            while self._due:
+                callback, path, token = self._due.pop(0)
+                callback(path, token)
+
+    def _route(self, outputs: list[Output]) -> None:
         for o in outputs:
+            listener = self._listeners.get(o.conn)
+            if listener is not None:
+                if isinstance(o, Send):
+                    framer, callback = listener
+                    framer.receive_data(o.data)
+                    while (msg := framer.next_message()) is not None:
+                        if msg.type == XsType.WATCH_EVENT:
+                            path, token = msg.payload.split(b"\0")[:2]
+                            self._due.append((callback, path.decode(), token.decode()))
+                continue
             target = self._conns.get(o.conn)
             if target is None:
                 continue

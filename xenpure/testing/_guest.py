@@ -1,0 +1,122 @@
+"""Simulated PV guests: what a running Linux guest does that a toolstack can observe.
+
+Rule 1: a simulated guest acts only through the interfaces a real guest has: its own xenstore connection
+(advertising ``control/feature-poweroff``, watching ``control/shutdown``), its console ring page, and the
+shutdown hypercall. Tests meet it through the same paths the library uses on real Xen.
+
+What it models (as observed on Debian's kernel in the lab): on boot it writes the ``control/feature-*``
+keys and prints its boot lines to the console ring; when ``control/shutdown`` says ``poweroff`` or
+``reboot`` it clears the key, prints its last line and shuts down with that reason. ``obeys=False`` makes a
+guest that ignores the request (for timeout tests); ``listens=False`` one that never advertised it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..hypercall.abi.io_console import XENCONS_INTERFACE
+from ..hypercall.abi.sched import ShutdownReason
+from ..xenstore._wire import Perm, PermAccess, Read, Watch, Write
+
+if TYPE_CHECKING:
+    from ._hypervisor import SimDomain, SimXen
+
+__all__ = ["BOOT_LINES", "SimGuest"]
+
+BOOT_LINES = (
+    "Linux version 6.1.0-sim (xenpure simulated guest)",
+    "Booting paravirtualized kernel on Xen",
+    "XENPURE-GUEST-UP kernel",
+)
+
+_WORDS = {b"poweroff": ShutdownReason.poweroff, b"reboot": ShutdownReason.reboot, b"halt": ShutdownReason.poweroff}
+_CONS = XENCONS_INTERFACE.layout()
+_OUT_OFF = _CONS.offsetof("out")
+_OUT_SIZE = _CONS.offsetof("in_cons") - _OUT_OFF  # sizeof(out)
+_OUT_PROD = _CONS.offsetof("out_prod")
+
+
+class SimGuest:
+    """A running PV guest on the simulated hypervisor, with the xenstore entries a toolstack writes."""
+
+    def __init__(
+        self,
+        xen: SimXen,
+        domain: SimDomain,
+        name: str,
+        *,
+        listens: bool = True,
+        obeys: bool = True,
+        boot_lines: tuple[str, ...] = BOOT_LINES,
+    ) -> None:
+        self.xen = xen
+        self.domain = domain
+        self.name = name
+        self.obeys = obeys
+        self.requests: list[str] = []
+        store = xen.xenstored
+        domid = domain.domid
+        home = f"/local/domain/{domid}"
+        vm = f"/vm/{domain.handle}"
+        self.console_mfn = xen.memory.alloc(domid, 1)[0]
+        self.console_port = 2
+        # What the toolstack writes for a PV guest (the layout seen for `xl create` in the lab).
+        for path, value in (
+            (f"{vm}/name", name),
+            (f"{vm}/uuid", str(domain.handle)),
+            (f"{home}/name", name),
+            (f"{home}/domid", str(domid)),
+            (f"{home}/vm", vm),
+            (f"{home}/memory/static-max", str(domain.max_pages * 4)),
+            (f"{home}/memory/target", str(domain.tot_pages * 4)),
+            (f"{home}/console/ring-ref", str(self.console_mfn)),
+            (f"{home}/console/port", str(self.console_port)),
+            (f"{home}/console/type", "xenpure-sim"),
+        ):
+            store.write(path, value)
+        # Keys the guest writes itself are created empty and handed over to it (owner = the guest).
+        for key in ("control/shutdown", "control/feature-poweroff", "control/feature-reboot", "data"):
+            store.write(f"{home}/{key}", "")
+            store.set_perms(f"{home}/{key}", [Perm(domid, PermAccess.NONE)])
+        store.introduce(domid)
+        # What the guest itself does once its kernel is up.
+        self._conn = store.attach(domid, self._on_watch)
+        if listens:
+            for feature in ("feature-poweroff", "feature-reboot"):
+                store.call_as(self._conn, Write(f"{home}/control/{feature}", b"1"))
+        store.call_as(self._conn, Watch(f"{home}/control/shutdown", "shutdown"))
+        for line in boot_lines:
+            self.print(line)
+
+    # -- the console --------------------------------------------------------------------------------------
+    def print(self, line: str) -> None:
+        """Write a line to the console ring, as the guest's hvc driver would (dropping what does not fit)."""
+        page = self.xen.memory.page(self.console_mfn)
+        rec = _CONS.parse(page)
+        prod, cons = rec.out_prod, rec.out_cons
+        for byte in (line + "\r\n").encode():
+            if (prod - cons) & 0xFFFFFFFF >= _OUT_SIZE:
+                break  # ring full: a real guest would wait for the backend
+            page[_OUT_OFF + prod % _OUT_SIZE] = byte
+            prod = (prod + 1) & 0xFFFFFFFF
+        page[_OUT_PROD : _OUT_PROD + 4] = prod.to_bytes(4, "little")
+
+    # -- control/shutdown ---------------------------------------------------------------------------------
+    def _on_watch(self, path: str, token: str) -> None:
+        store = self.xen.xenstored
+        try:
+            word = bytes(store.call_as(self._conn, Read(path)))
+        except OSError:
+            return  # the key was removed (the domain is going away)
+        if not word:
+            return  # the watch's first firing, or our own acknowledgement
+        self.requests.append(word.decode())
+        reason = _WORDS.get(word)
+        if reason is None or not self.obeys or self.domain.shutdown_code is not None:
+            return
+        store.call_as(self._conn, Write(path, b""))
+        self.print("reboot: Restarting system" if reason == ShutdownReason.reboot else "reboot: Power down")
+        self.xen.shutdown_domain(self.domain, reason)
+
+    def close(self) -> None:
+        self.xen.xenstored.detach(self._conn)
