@@ -138,7 +138,8 @@ class Host:
             def request(addr: int, first: int = first) -> dict[str, int]:
                 return {"first_domain": first, "max_domains": _BATCH, "buffer": addr}
 
-            rec, tail = self._privcmd.sysctl(self.interface, SysctlCmd.getdomaininfolist, request, extra=_BATCH * lay.size)
+            extra = _BATCH * lay.size
+            rec, tail = self._privcmd.sysctl(self.interface, SysctlCmd.getdomaininfolist, request, extra=extra)
             n = int(rec.num_domains)
             if n > _BATCH:
                 raise ProtocolError(f"getdomaininfolist returned {n} domains for a buffer of {_BATCH}")
