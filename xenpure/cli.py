@@ -204,6 +204,15 @@ def _console(host: Host, domid: int, timeout: float = 30.0) -> int:
         os.close(fd)
 
 
+def cmd_console(args: argparse.Namespace) -> int:
+    with _host(args) as host, host.domain(args.domain).console() as con:
+        print(f"xenpure: console of domain {args.domain} via {con.source}", file=sys.stderr)
+        for text in con.follow(timeout=args.timeout):
+            sys.stdout.write(text)
+            sys.stdout.flush()
+    return 0
+
+
 def cmd_events(args: argparse.Namespace) -> int:
     with _host(args) as host, host.events(timeout=args.timeout) as stream:
         names: dict[int, str | None] = {}
@@ -304,6 +313,8 @@ def _parser() -> argparse.ArgumentParser:
     s = command("destroy", "destroy a domain at once", cmd_destroy, domain=True)
     s.add_argument("--timeout", type=float, default=60.0)
     s = command("events", "follow lifecycle events", cmd_events, data=True)
+    s.add_argument("--timeout", type=float, default=None, help="stop after this many seconds")
+    s = command("console", "follow a guest's console output (read-only)", cmd_console, domain=True)
     s.add_argument("--timeout", type=float, default=None, help="stop after this many seconds")
     s = command("dmesg", "the hypervisor's console (like `xl dmesg`)", cmd_dmesg)
     s.add_argument("-c", "--clear", action="store_true", help="clear the ring after reading")
