@@ -12,12 +12,11 @@ from collections.abc import Iterator
 import pytest
 
 import xenpure
-from xenpure.errors import InvalidArgument, NoSuchDomain
+from xenpure.errors import InvalidArgument, NoSuchDomain, OperationNotPermitted
 from xenpure.foreignmemory import ForeignMemory, FramesUnmapped, ResourceType
-from xenpure.gnttab import GrantAllocator
 from xenpure.hypercall.abi.arch_x86 import VCPU_GUEST_CONTEXT
 from xenpure.hypercall.abi.domctl import DomctlCmd
-from xenpure.hypercall.abi.grant_table import GRANT_ENTRY_V1, GrantFlag, GrantType
+from xenpure.hypercall.abi.grant_table import GRANT_ENTRY_V1, GnttabReserved, GrantFlag, GrantType
 from xenpure.hypercall.abi.xen import START_INFO
 from xenpure.testing import SimKernel, SimXen
 
@@ -81,19 +80,24 @@ def test_per_frame_errors(sim_xen: SimXen, fm: ForeignMemory) -> None:
         fm.map(999, [1])
 
 
-def test_map_resource_grant_table(sim_host: xenpure.Host, sim_xen: SimXen, fm: ForeignMemory) -> None:
-    """dom0's own grant table, mapped as a resource, shows the entry gntalloc wrote."""
-    assert fm.resource_size(0, ResourceType.grant_table) == 64
-    with GrantAllocator.open(sim_host.kernel) as gntshr, gntshr.share_pages(0, 1, writable=False) as share:
-        ref = share.refs[0]
-        with fm.map_grant_table(0, 1) as table:
-            assert table.view.readonly
-            lay = GRANT_ENTRY_V1.layout()
-            e = lay.parse(table.view[ref * lay.size :])
-            assert e.flags & GrantFlag.type_mask == GrantType.permit_access and e.flags & GrantFlag.readonly
-            assert e.domid == 0 and sim_xen.memory.owner[e.frame] == 0
+def test_grant_table_resource(sim_xen: SimXen, fm: ForeignMemory) -> None:
+    """A guest's grant table as a resource: the toolstack's xenstore entry names the store page."""
+    guest = sim_xen.add_domain()
+    layout = sim_xen.memory.build_pv(guest.domid)
+    assert fm.resource_size(guest.domid, ResourceType.grant_table) == 64
+    lay = GRANT_ENTRY_V1.layout()
+    with fm.map_grant_table(guest.domid, 1) as table:
+        assert table.view.readonly
+        e = lay.parse(table.view[GnttabReserved.XENSTORE * lay.size :])
+    assert e.flags & GrantFlag.type_mask == GrantType.permit_access
+    assert (e.domid, e.frame) == (0, layout["store"])
     with pytest.raises(InvalidArgument):
-        fm.map_resource(0, ResourceType.grant_table, 0, 64, 1)
+        fm.map_resource(guest.domid, ResourceType.grant_table, 0, 64, 1)
+
+
+def test_dom0_cannot_acquire_its_own_grant_table(fm: ForeignMemory) -> None:
+    with pytest.raises(OperationNotPermitted):
+        fm.map_grant_table(0, 1)
 
 
 def test_ten_thousand_map_unmap_cycles_leak_nothing(sim_xen: SimXen) -> None:

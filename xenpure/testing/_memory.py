@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..hypercall.abi.arch_x86 import VCPU_GUEST_CONTEXT
+from ..hypercall.abi.grant_table import GnttabReserved, GrantType
 from ..hypercall.abi.memory import ResourceGrantTableId, ResourceType
 from ..hypercall.abi.privcmd import (
     IOCTL_PRIVCMD_MMAP_RESOURCE,
@@ -225,6 +226,10 @@ class SimMemory:
         )
         if d.vcpus:
             d.vcpus[0].context = ctx
+        # What the toolstack writes into a new guest's grant table: xenstored's and xenconsoled's rings.
+        gt = self.xen.gnttab
+        for ref, mfn in ((GnttabReserved.CONSOLE, frames[cons_pfn]), (GnttabReserved.XENSTORE, frames[store_pfn])):
+            gt.set_entry(domid, int(ref), int(GrantType.permit_access), 0, mfn)
         layout = {
             "start_info": frames[si_pfn],
             "store": frames[store_pfn],
@@ -309,6 +314,8 @@ class SimPrivcmdFile:
             return 0
         if req.idx + req.num > self.kernel.xen.gnttab.max_frames:
             raise _err(errno.EINVAL, f"grant table frames {req.idx}..{req.idx + req.num}")
+        if req.dom == 0:
+            raise _err(errno.EPERM, "a domain cannot acquire its own grant table (observed on Xen 4.17)")
         frames = self.kernel.xen.gnttab.grow(req.dom, req.idx + req.num)
         vma = self._vma(req.addr, req.num)
         for i in range(req.num):
