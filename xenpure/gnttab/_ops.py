@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ProtocolError, XenError
+from ..hypercall._layout import Decl
 from ..hypercall._privcmd import Privcmd
-from ..hypercall._subop import record_op
+from ..hypercall._subop import records_op
 from ..hypercall.abi.grant_table import GET_VERSION, QUERY_SIZE, SET_VERSION, SETUP_TABLE, GntSt, GnttabOp
 from ..hypercall.abi.xen import DomId, Hypercall
 
@@ -54,8 +55,9 @@ class GnttabOps:
     def __init__(self, privcmd: Privcmd) -> None:
         self.privcmd = privcmd
 
-    def _op(self, cmd: GnttabOp, decl: Any, fields: dict[str, Any]) -> Any:
-        (rec,) = _records(self.privcmd, cmd, decl, [fields])
+    def _op(self, cmd: GnttabOp, decl: Decl, fields: dict[str, Any]) -> Any:
+        # grant_table_op(cmd, records, count): one record here.
+        (rec,) = records_op(self.privcmd, Hypercall.grant_table_op, cmd, decl, [fields])
         return rec
 
     def query_size(self, domid: int = DomId.SELF) -> GrantTableSize:
@@ -95,11 +97,3 @@ class GnttabOps:
         rec = self._op(GnttabOp.set_version, SET_VERSION, {"version": version})
         return int(rec.version)
 
-
-def _records(pc: Privcmd, cmd: GnttabOp, decl: Any, items: list[dict[str, Any]]) -> list[Any]:
-    from ..hypercall._subop import records_op
-
-    return records_op(pc, Hypercall.grant_table_op, cmd, decl, items)
-
-
-_ = record_op  # the one-record helper is the evtchn ops' shape; grant_table_op always passes a count
