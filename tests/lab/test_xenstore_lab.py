@@ -10,6 +10,7 @@ import asyncio
 import os
 import re
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -244,6 +245,48 @@ def test_relative_paths_over_xenbus(kernel: LinuxKernel) -> None:
         assert xs.next_watch_event() == WatchEvent("xenpure-lab-relative", "r")
         xs.rm("xenpure-lab-relative")
         assert xs.next_watch_event() == WatchEvent("xenpure-lab-relative", "r")
+
+
+GUEST_CFG = Path("/var/lib/xenpure-lab/guest/guest.cfg")  # tools/xenlab puts a tiny PV guest there
+GUEST = "xenpure-guest"
+
+
+def _wait_for(xs: Client, want: WatchEvent, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"no {want} within {seconds}s")
+        try:
+            if xs.next_watch_event(timeout=left) == want:
+                return
+        except E.Timeout:
+            continue
+
+
+@pytest.mark.skipif(not GUEST_CFG.exists(), reason="the lab's guest is not installed")
+def test_special_watches_fire_when_xl_creates_and_destroys_a_guest(kernel: LinuxKernel) -> None:
+    with Client.open(kernel, timeout=TIMEOUT) as xs:
+        xs.watch("@introduceDomain", "in")
+        xs.watch("@releaseDomain", "out")
+        made = subprocess.run(["xl", "create", str(GUEST_CFG)], cwd=GUEST_CFG.parent, timeout=120, capture_output=True)
+        if made.returncode != 0:  # the toolstack failed: say so, this is not a xenstore result
+            pytest.fail(f"xl create failed ({made.returncode}): {made.stderr.decode(errors='replace')[-500:]}")
+        try:
+            _wait_for(xs, WatchEvent("@introduceDomain", "in"), 60)
+            domid = int(sh("xl", "domid", GUEST))
+            assert xs.is_domain_introduced(domid)
+            path = xs.get_domain_path(domid)
+            assert xs.read(f"{path}/name") == GUEST.encode()
+            perms = xs.get_perms(path)  # libxl: dom0 owns the guest's home, the guest may read it
+            assert perms[0] == Perm(0, PermAccess.NONE) and Perm(domid, PermAccess.READ) in perms, perms
+        finally:
+            subprocess.run(["xl", "destroy", GUEST], check=False, timeout=120)
+        _wait_for(xs, WatchEvent("@releaseDomain", "out"), 60)
+        deadline = time.monotonic() + 30
+        while xs.is_domain_introduced(domid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not xs.is_domain_introduced(domid)
 
 
 def test_asyncio_client(kernel: LinuxKernel, transport: str) -> None:
