@@ -13,6 +13,9 @@ What wakes the monitor:
 * a timer (``interval``): Xen sends no notification when a controller pauses or unpauses a domain, so those
   transitions are seen by the next periodic snapshot. A pause undone within one interval is not reported.
 
+Pause and unpause are reported only while a domain is alive (not shut down or dying): a toolstack pauses a
+shut-down domain as it tears it down.
+
 A domain is *introduced* once it has been born: unpaused, or paused after having run. A toolstack builds a
 domain paused and unpauses it when it is ready (``xl create``; ``xl create -p`` waits for ``xl unpause``),
 so the builder's pause is part of creation, not a PAUSED event. A domain destroyed before it ever ran is
@@ -94,7 +97,10 @@ def diff(old: Mapping[int, DomainInfo], new: Mapping[int, DomainInfo]) -> list[D
         if before is None:
             events.append(DomainEvent(EventKind.INTRODUCED, domid, after.uuid, info=after))
             continue
-        if after.paused != before.paused:
+        # Once a domain has shut down, a pause is the toolstack tearing it down (xl pauses a domain before
+        # destroying it, as seen in the lab), not a suspend: only a live domain is reported paused.
+        live = not (after.shutdown or after.dying)
+        if after.paused != before.paused and live:
             kind = EventKind.PAUSED if after.paused else EventKind.UNPAUSED
             events.append(DomainEvent(kind, domid, after.uuid, info=after))
         if after.shutdown and not before.shutdown:
