@@ -70,6 +70,9 @@ def test_build_and_what_the_guest_sees(sim_host: xenpure.Host, sim_xen: SimXen, 
     assert view.translate(lay.console.va) == (si.console.domU.mfn, True)
     assert view.translate(si.pt_base) == (view.cr3_mfn, False)  # the L4, read-only
     assert view.rsp == lay.stack_top and view.translate(view.rsp - 8) is not None
+    # Event upcalls start masked on every vcpu slot of the shared info page start_info points at.
+    assert sim_xen.build.upcall_masks(domid) == [1] * 32
+    assert si.shared_info == sim_xen.build.shared_info_frame(domid) << 12
     # Grant entries seeded for dom0 (console, xenstore).
     ents = sim_xen.build.grant_entries(domid)
     assert (ents[0].flags, ents[0].domid, ents[0].frame) == (GrantType.permit_access, 0, si.console.domU.mfn)
@@ -115,7 +118,7 @@ def test_too_little_memory_rejected_before_createdomain(sim_host: xenpure.Host, 
 
 @pytest.mark.parametrize(
     "step",
-    ["createdomain", "max_mem", "populate_physmap", "event channels", "load memory", "pin page tables",
+    ["createdomain", "max_mem", "populate_physmap", "event channels", "load memory", "shared info", "pin page tables",
      "grant table", "setvcpucontext", "xenstore", "introduce"],
 )
 def test_failure_at_any_step_rolls_back(sim_host: xenpure.Host, sim_xen: SimXen, kernel: Path, step: str) -> None:

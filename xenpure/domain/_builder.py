@@ -17,6 +17,7 @@ The sequence (each a step name in ``BuildError`` and in the ``on_step`` trace)::
     event channels     EVTCHNOP_alloc_unbound twice in the guest, for dom0: xenstore and console
     load memory        PRIVCMD_MMAPBATCH_V2 of the guest's frames; copy in the kernel, ramdisk, p2m list,
                        start_info, zeroed ring pages, page tables and stack; unmap
+    shared info        map the shared info page; mask event upcalls on every vcpu slot
     pin page tables    MMUEXT_PIN_L4_TABLE on the L4 (Xen validates every level; nothing maps a table RW)
     grant table        IOCTL_PRIVCMD_MMAP_RESOURCE of grant table frame 0; entries GNTTAB_RESERVED_CONSOLE
                        and GNTTAB_RESERVED_XENSTORE grant dom0 the two ring pages
@@ -40,11 +41,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import TryAgain, XenError
-from ..hypercall.abi.arch_x86 import VCPU_GUEST_CONTEXT
+from ..hypercall.abi.arch_x86 import VCPU_GUEST_CONTEXT, XEN_LEGACY_MAX_VCPUS
 from ..hypercall.abi.domctl import DomctlCmd
 from ..hypercall.abi.grant_table import GRANT_ENTRY_V1, GnttabReserved, GrantType
 from ..hypercall.abi.memory import MEMORY_RESERVATION, MemOp
-from ..hypercall.abi.xen import MMUEXT_OP, Hypercall, MmuExtCmd
+from ..hypercall.abi.xen import MMUEXT_OP, SHARED_INFO, VCPU_INFO, Hypercall, MmuExtCmd
 from ._config import DomainConfig
 from ._kernel_image import KernelImage, load_kernel_file
 from ._pvlayout import PAGE, LayoutError, PvLayout, p2m_bytes, page_tables, plan, start_info, vcpu_context
@@ -275,6 +276,19 @@ class _Build:
                     chunk.release()
                 view.release()
 
+    def shared_info(self) -> None:
+        from ..foreignmemory import ForeignMemory
+
+        # A PV kernel starts with event upcalls masked on every vcpu: the shared info page (Xen's page,
+        # shared with the guest) is the toolstack's to set up before the first instruction runs.
+        lay = SHARED_INFO.layout()
+        vi = VCPU_INFO.layout()
+        mask_at = vi.offsetof("evtchn_upcall_mask")
+        base = lay.offsetof("vcpu_info")
+        with ForeignMemory.open(self.host.kernel) as fm, fm.map(self.domid, [self._shared_info_mfn()]) as m:
+            for v in range(XEN_LEGACY_MAX_VCPUS):
+                m.view[base + v * vi.size + mask_at] = 1
+
     def pin(self) -> None:
         lay = MMUEXT_OP.layout()
         pc = self.host.privcmd
@@ -463,6 +477,7 @@ def build_pv(
         ("populate_physmap", b.populate),
         ("event channels", b.event_channels),
         ("load memory", b.load_memory),
+        ("shared info", b.shared_info),
         ("pin page tables", b.pin),
         ("grant table", b.grant_table),
         ("setvcpucontext", b.setvcpucontext),

@@ -19,7 +19,7 @@ from typing import Any
 from ..hypercall.abi.arch_x86 import VCPU_GUEST_CONTEXT, Vgcf
 from ..hypercall.abi.grant_table import GRANT_ENTRY_V1
 from ..hypercall.abi.memory import MEMORY_RESERVATION, MemOp
-from ..hypercall.abi.xen import MMUEXT_OP, START_INFO, DomId, MmuExtCmd
+from ..hypercall.abi.xen import MMUEXT_OP, SHARED_INFO, START_INFO, DomId, MmuExtCmd
 
 __all__ = ["GuestView", "SimBuild"]
 
@@ -42,6 +42,7 @@ class _PvState:
     p2m: dict[int, int] = field(default_factory=dict)  # pfn -> mfn
     pinned_l4: set[int] = field(default_factory=set)
     table_frames: set[int] = field(default_factory=set)  # every frame validated as a page table
+    shared_info: int | None = None  # the shared info page's frame, owned by the domain
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,22 @@ class SimBuild:
 
     def _state(self, domid: int) -> _PvState:
         return self.domains.setdefault(domid, _PvState())
+
+    def shared_info_frame(self, domid: int) -> int:
+        """The frame getdomaininfo reports as ``shared_info_frame``: a real frame owned by the domain once it
+        is being built here (so the toolstack can map it), a made-up number otherwise."""
+        st = self.domains.get(domid)
+        if st is None:
+            return 0x1000 + domid
+        if st.shared_info is None:
+            (st.shared_info,) = self.xen.memory.alloc(domid, 1)
+        return st.shared_info
+
+    def upcall_masks(self, domid: int) -> list[int]:
+        """``shared_info.vcpu_info[i].evtchn_upcall_mask`` for every legacy vcpu slot."""
+        lay = SHARED_INFO.layout()
+        page = bytes(self.xen.memory.page(self.shared_info_frame(domid)))
+        return [int(v.evtchn_upcall_mask) for v in lay.parse(page).vcpu_info]
 
     # -- memory_op ----------------------------------------------------------------------------------------
     def memory_op(self, mem: Any, args: list[int], privileged: bool) -> int:

@@ -326,7 +326,7 @@ class SimXen:
             "flags": d.flag_word(),
             "tot_pages": d.tot_pages,
             "max_pages": d.max_pages,
-            "shared_info_frame": 0x1000 + d.domid,
+            "shared_info_frame": self.build.shared_info_frame(d.domid),
             "cpu_time": sum(v.cpu_time_ns for v in d.vcpus),
             "nr_online_vcpus": len(online),
             "max_vcpu_id": len(d.vcpus) - 1 if d.vcpus else 0xFFFFFFFF,
