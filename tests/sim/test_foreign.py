@@ -72,7 +72,7 @@ def test_per_frame_errors(sim_xen: SimXen, fm: ForeignMemory) -> None:
     with pytest.raises(FramesUnmapped) as ei:
         fm.map(guest.domid, frames)
     assert [(e.index, e.frame) for e in ei.value.errors] == [(1, theirs), (3, 0xFFFFF)]
-    assert all(isinstance(e.error, InvalidArgument) and e.error.errno == errno.EINVAL for e in ei.value.errors)
+    assert all(isinstance(e.error, OperationNotPermitted) and e.error.errno == errno.EPERM for e in ei.value.errors)
     with fm.map(guest.domid, frames, partial=True) as m:
         assert [e.index for e in m.errors] == [1, 3]
         assert START_INFO.layout().parse(m.page(0)).magic.startswith(b"xen-3.0")

@@ -296,7 +296,7 @@ class SimPrivcmdFile:
         for i, mfn in enumerate(mfns):
             code = 0
             if memory.owner.get(mfn) != req.dom:
-                code = -errno.EINVAL  # not a frame of that domain: Xen refuses the mapping
+                code = -errno.EPERM  # not a frame of that domain: Xen refuses it (EPERM in the lab)
             else:
                 vma.put(i, mfn)
             struct.pack_into("<i", errs, i * 4, code)
