@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator
 from types import TracebackType
 
 from ..errors import ProtocolError, TryAgain
-from ..hypercall._device import device_ioctl, device_read, device_write
+from ..hypercall._device import device_ioctl, device_read, device_write, flat_codec
 from ..hypercall.abi._ioctl import Ioctl
 from ..hypercall.abi.event_channel import Virq
 from ..hypercall.abi.linux_evtchn import (
@@ -52,6 +52,9 @@ def _wake(fut: asyncio.Future[None]) -> None:
 
 #: Ports read at most per read(2): the driver's queue is one page of them.
 _READ_PORTS = 1024
+#: What the device reads and writes: evtchn_port_t, one after the other.
+_PORT = struct.Struct("<I")
+assert _PORT.size == PORT_SIZE
 
 
 class Channel:
@@ -165,7 +168,7 @@ class EventChannels:
     def bind_unbound_port(self, remote_domid: int) -> Channel:
         """A new local port that ``remote_domid`` may bind (``IOCTL_EVTCHN_BIND_UNBOUND_PORT``,
         EVTCHNOP_alloc_unbound underneath). Raises ``NoSuchDomain``, ``AccessDenied`` on a restricted handle."""
-        arg = BIND_UNBOUND_PORT.layout().build(remote_domain=remote_domid)
+        arg = flat_codec(BIND_UNBOUND_PORT).pack(remote_domid)
         return self._bind(IOCTL_EVTCHN_BIND_UNBOUND_PORT, arg, "unbound", remote_domid=remote_domid)
 
     def bind_interdomain(self, remote_domid: int, remote_port: int) -> Channel:
@@ -173,7 +176,7 @@ class EventChannels:
         (``IOCTL_EVTCHN_BIND_INTERDOMAIN``, EVTCHNOP_bind_interdomain underneath). Xen marks the new port
         pending, so it fires once at once. Raises ``InvalidArgument`` if the remote port is not unbound for
         dom0, ``NoSuchDomain``, ``AccessDenied`` on a handle restricted to another domain."""
-        arg = BIND_INTERDOMAIN.layout().build(remote_domain=remote_domid, remote_port=remote_port)
+        arg = flat_codec(BIND_INTERDOMAIN).pack(remote_domid, remote_port)
         return self._bind(
             IOCTL_EVTCHN_BIND_INTERDOMAIN, arg, "interdomain", remote_domid=remote_domid, remote_port=remote_port
         )
@@ -184,13 +187,13 @@ class EventChannels:
         Raises ``AlreadyExists`` (EEXIST) when this domain has bound that VIRQ already (in dom0 xenstored
         holds VIRQ_DOM_EXC), ``InvalidArgument`` for a VIRQ out of range.
         """
-        arg = BIND_VIRQ.layout().build(virq=int(virq))
+        arg = flat_codec(BIND_VIRQ).pack(int(virq))
         return self._bind(IOCTL_EVTCHN_BIND_VIRQ, arg, "virq", virq=int(virq))
 
     def unbind(self, port: int) -> None:
         """Unbind a port this handle bound (``IOCTL_EVTCHN_UNBIND``). Raises ``HypercallError`` ENOTCONN for
         a port it did not bind."""
-        device_ioctl(self.device, IOCTL_EVTCHN_UNBIND, bytearray(UNBIND.layout().build(port=port)))
+        device_ioctl(self.device, IOCTL_EVTCHN_UNBIND, bytearray(flat_codec(UNBIND).pack(port)))
         with self._lock:
             ch = self._channels.pop(port, None)
             if ch is not None:
@@ -198,12 +201,12 @@ class EventChannels:
 
     def notify(self, port: int) -> None:
         """Send an event on a port this handle bound (``IOCTL_EVTCHN_NOTIFY``, EVTCHNOP_send underneath)."""
-        device_ioctl(self.device, IOCTL_EVTCHN_NOTIFY, bytearray(NOTIFY.layout().build(port=port)))
+        device_ioctl(self.device, IOCTL_EVTCHN_NOTIFY, bytearray(flat_codec(NOTIFY).pack(port)))
 
     def unmask(self, port: int) -> None:
         """Re-arm ``port`` after it fired: write it back to the device. A port that fired again meanwhile is
         delivered at once. Ports this handle did not bind are ignored by the driver."""
-        device_write(self.device, struct.pack("<I", port), "evtchn write (unmask)")
+        device_write(self.device, _PORT.pack(port), "evtchn write (unmask)")
 
     def restrict(self, domid: int) -> None:
         """Let this handle bind only interdomain channels to ``domid`` from now on
@@ -233,7 +236,7 @@ class EventChannels:
             return
         if len(data) % PORT_SIZE:
             raise ProtocolError(f"evtchn read returned {len(data)} bytes, not a whole number of ports")
-        self._fired.extend(p for (p,) in struct.iter_unpack("<I", data))
+        self._fired.extend(p for (p,) in _PORT.iter_unpack(data))
 
     def _next(self) -> int | None:
         with self._lock:

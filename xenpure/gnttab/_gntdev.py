@@ -9,18 +9,18 @@ steps done are undone before the exception leaves, so nothing leaks.
 
 from __future__ import annotations
 
-import struct
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
 from ..errors import HypercallError, NotSupported, ProtocolError, XenError
-from ..hypercall._device import device_ioctl
+from ..hypercall._device import device_ioctl, flat_codec, member_codec
 from ..hypercall.abi.grant_table import CopyFlag, GntSt
 from ..hypercall.abi.linux_gntdev import (
     GRANT_COPY,
     GRANT_COPY_SEGMENT,
+    GRANT_REF,
     IOCTL_GNTDEV_GRANT_COPY,
     IOCTL_GNTDEV_MAP_GRANT_REF,
     IOCTL_GNTDEV_SET_MAX_GRANTS,
@@ -198,13 +198,18 @@ class GrantDevice:
         gs = [g if isinstance(g, GrantRef) else GrantRef(*g) for g in grants]
         if not gs:
             raise ValueError("no grants to map")
+        # ioctl_gntdev_map_grant_ref with refs[len(gs)]: the header, then one ioctl_gntdev_grant_ref each
         lay = MAP_GRANT_REF.layout()
-        arg = bytearray(lay.build(count=len(gs)))[:16]
-        for g in gs:
-            arg += struct.pack("<II", g.domid, g.ref)
-        arg += bytes(max(0, lay.size - len(arg)))
+        ref_codec = flat_codec(GRANT_REF)
+        refs_off = lay.offsets["refs"]
+        arg = bytearray(max(lay.size, refs_off + ref_codec.size * len(gs)))
+        count, count_off = member_codec(MAP_GRANT_REF, "count")
+        count.pack_into(arg, count_off, len(gs))
+        for i, g in enumerate(gs):
+            ref_codec.pack_into(arg, refs_off + i * ref_codec.size, g.domid, g.ref)
         device_ioctl(self.device, IOCTL_GNTDEV_MAP_GRANT_REF, arg)
-        index = int(lay.parse(arg).index)
+        index_codec, index_off = member_codec(MAP_GRANT_REF, "index")
+        (index,) = index_codec.unpack_from(arg, index_off)
         try:
             mapping = self._mmap(len(gs) * PAGE, index, readonly)
         except BaseException:
@@ -230,8 +235,8 @@ class GrantDevice:
     def _release(self, index: int, count: int) -> None:
         if self._closed:
             return  # closing the device released everything
-        arg = UNMAP_GRANT_REF.layout().build(index=index, count=count)
-        device_ioctl(self.device, IOCTL_GNTDEV_UNMAP_GRANT_REF, bytearray(arg))
+        arg = bytearray(flat_codec(UNMAP_GRANT_REF).pack(index, count, 0))
+        device_ioctl(self.device, IOCTL_GNTDEV_UNMAP_GRANT_REF, arg)
 
     def set_max_grants(self, count: int) -> bool:
         """Ask the driver to limit this handle to ``count`` mapped grants (xengnttab_set_max_grants).
