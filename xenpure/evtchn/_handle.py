@@ -265,7 +265,11 @@ class EventChannels:
         return [first, *rest]
 
     async def events(self) -> AsyncIterator[int]:
-        """Fired ports, for ``async for port in handle.events()``, waiting with the running loop's reader."""
+        """Fired ports, for ``async for port in handle.events()``, waiting with the running loop's reader.
+
+        Each port stays masked until ``unmask`` (as with ``pending``): re-arm it once its event is handled.
+        The loop's reader is removed whenever the iteration is suspended elsewhere or closed.
+        """
         loop = asyncio.get_running_loop()
         fd = self.fileno()
         while True:
