@@ -268,7 +268,7 @@ class EventChannels:
         """Fired ports, for ``async for port in handle.events()``, waiting with the running loop's reader.
 
         Each port stays masked until ``unmask`` (as with ``pending``): re-arm it once its event is handled.
-        The loop's reader is removed whenever the iteration is suspended elsewhere or closed.
+        The loop's reader is registered only while the iterator waits for the device.
         """
         loop = asyncio.get_running_loop()
         fd = self.fileno()
