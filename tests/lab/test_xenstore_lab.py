@@ -1,7 +1,8 @@
 """xenstore against the real thing: Xen 4.17's oxenstored, over its Unix socket and over /dev/xen/xenbus,
 checked against the C tools (xenstore-read, -write, -list, -ls, -exists, -chmod).
 
-Runs inside the lab's dom0 only: ``tools/xenlab -- python3 -m pytest -v tests/lab/test_xenstore_lab.py``.
+Runs inside the lab's dom0 only (tests/lab/conftest.py skips it elsewhere and provides ``xl``,
+``make_guest`` and ``wait``): ``tools/xenlab -- python3 -m pytest -v tests/lab/test_xenstore_lab.py``.
 """
 
 from __future__ import annotations
@@ -11,8 +12,7 @@ import os
 import re
 import subprocess
 import time
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -20,19 +20,6 @@ import pytest
 from xenpure import errors as E
 from xenpure.kernel import LinuxKernel
 from xenpure.xenstore import DEFAULT_SOCKET, AsyncClient, Client, Perm, PermAccess, WatchEvent
-
-
-def _in_dom0() -> bool:
-    try:
-        return "control_d" in Path("/proc/xen/capabilities").read_text()
-    except OSError:
-        return False
-
-
-pytestmark = [
-    pytest.mark.lab,
-    pytest.mark.skipif(not _in_dom0(), reason="needs a real Xen dom0 (run it with tools/xenlab)"),
-]
 
 TIMEOUT = 20.0  # TCG is slow
 
@@ -247,10 +234,6 @@ def test_relative_paths_over_xenbus(kernel: LinuxKernel) -> None:
         assert xs.next_watch_event() == WatchEvent("xenpure-lab-relative", "r")
 
 
-GUEST_CFG = Path("/var/lib/xenpure-lab/guest/guest.cfg")  # tools/xenlab puts a tiny PV guest there
-GUEST = "xenpure-guest"
-
-
 def _wait_for(xs: Client, want: WatchEvent, seconds: float) -> None:
     deadline = time.monotonic() + seconds
     while True:
@@ -264,29 +247,22 @@ def _wait_for(xs: Client, want: WatchEvent, seconds: float) -> None:
             continue
 
 
-@pytest.mark.skipif(not GUEST_CFG.exists(), reason="the lab's guest is not installed")
-def test_special_watches_fire_when_xl_creates_and_destroys_a_guest(kernel: LinuxKernel) -> None:
+def test_special_watches_fire_when_xl_creates_and_destroys_a_guest(
+    kernel: LinuxKernel, make_guest: Callable[..., Any], xl: Any, wait: Callable[..., None]
+) -> None:
     with Client.open(kernel, timeout=TIMEOUT) as xs:
         xs.watch("@introduceDomain", "in")
         xs.watch("@releaseDomain", "out")
-        made = subprocess.run(["xl", "create", str(GUEST_CFG)], cwd=GUEST_CFG.parent, timeout=120, capture_output=True)
-        if made.returncode != 0:  # the toolstack failed: say so, this is not a xenstore result
-            pytest.fail(f"xl create failed ({made.returncode}): {made.stderr.decode(errors='replace')[-500:]}")
-        try:
-            _wait_for(xs, WatchEvent("@introduceDomain", "in"), 60)
-            domid = int(sh("xl", "domid", GUEST))
-            assert xs.is_domain_introduced(domid)
-            path = xs.get_domain_path(domid)
-            assert xs.read(f"{path}/name") == GUEST.encode()
-            perms = xs.get_perms(path)  # libxl: dom0 owns the guest's home, the guest may read it
-            assert perms[0] == Perm(0, PermAccess.NONE) and Perm(domid, PermAccess.READ) in perms, perms
-        finally:
-            subprocess.run(["xl", "destroy", GUEST], check=False, timeout=120)
+        guest = make_guest()  # the lab's fixture: xl create, destroyed in teardown
+        _wait_for(xs, WatchEvent("@introduceDomain", "in"), 60)
+        assert xs.is_domain_introduced(guest.domid)
+        path = xs.get_domain_path(guest.domid)
+        assert xs.read(f"{path}/name") == guest.name.encode()
+        perms = xs.get_perms(path)  # libxl: dom0 owns the guest's home, the guest may read it
+        assert perms[0] == Perm(0, PermAccess.NONE) and Perm(guest.domid, PermAccess.READ) in perms, perms
+        xl("destroy", guest.name)
         _wait_for(xs, WatchEvent("@releaseDomain", "out"), 60)
-        deadline = time.monotonic() + 30
-        while xs.is_domain_introduced(domid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert not xs.is_domain_introduced(domid)
+        wait(lambda: not xs.is_domain_introduced(guest.domid), 30, "xenstored to forget the guest")
 
 
 def test_asyncio_client(kernel: LinuxKernel, transport: str) -> None:
