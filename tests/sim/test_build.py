@@ -110,6 +110,17 @@ def test_broken_kernel_rejected_before_createdomain(sim_host: xenpure.Host, sim_
     assert set(sim_xen.domains) == before
 
 
+def test_hypercall_page_kernel_refused_before_createdomain(sim_host: xenpure.Host, sim_xen: SimXen,
+                                                          tmp_path: Path) -> None:
+    from xenpure.testing._kernels import HYPERCALL_PAGE_NOTE, XEN_NOTES
+
+    p = tmp_path / "old"
+    p.write_bytes(make_elf(notes={**XEN_NOTES, **HYPERCALL_PAGE_NOTE}))
+    with pytest.raises(KernelImageError, match="hypercall page"):
+        build_pv(sim_host, config(p))
+    assert set(sim_xen.domains) == {0}
+
+
 def test_too_little_memory_rejected_before_createdomain(sim_host: xenpure.Host, sim_xen: SimXen, kernel: Path) -> None:
     with pytest.raises(LayoutError, match="more memory"):
         build_pv(sim_host, config(kernel, memory=16))

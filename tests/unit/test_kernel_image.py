@@ -17,11 +17,11 @@ from xenpure.domain._kernel_image import (
     load_kernel_file,
     unwrap_bzimage,
 )
-from xenpure.testing._kernels import PADDR, VIRT_BASE, XEN_NOTES, make_bzimage, make_elf, note
+from xenpure.testing._kernels import HYPERCALL_PAGE_NOTE, PADDR, VIRT_BASE, XEN_NOTES, make_bzimage, make_elf, note
 
 
 def test_elf_notes_honoured() -> None:
-    k = load_kernel(make_elf())
+    k = load_kernel(make_elf(notes={**XEN_NOTES, **HYPERCALL_PAGE_NOTE}))
     n = k.notes
     assert (n.guest_os, n.guest_version, n.xen_version, n.loader) == ("linux", "2.6", "xen-3.0", "generic")
     assert k.virt_base == VIRT_BASE and n.paddr_offset == 0

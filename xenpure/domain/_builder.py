@@ -47,7 +47,7 @@ from ..hypercall.abi.grant_table import GRANT_ENTRY_V1, GnttabReserved, GrantTyp
 from ..hypercall.abi.memory import MEMORY_RESERVATION, MemOp
 from ..hypercall.abi.xen import MMUEXT_OP, SHARED_INFO, VCPU_INFO, Hypercall, MmuExtCmd
 from ._config import DomainConfig
-from ._kernel_image import KernelImage, load_kernel_file
+from ._kernel_image import KernelImage, KernelImageError, load_kernel_file
 from ._pvlayout import PAGE, LayoutError, PvLayout, p2m_bytes, page_tables, plan, start_info, vcpu_context
 
 if TYPE_CHECKING:
@@ -131,6 +131,11 @@ def prepare(config: DomainConfig) -> Prepared:
     unreadable ramdisk.
     """
     kernel = load_kernel_file(config.kernel)
+    if kernel.hypercall_page is not None:
+        # Xen fills a guest's hypercall page on XEN_DOMCTL_hypercall_init, which xenpure does not declare
+        # yet; such a kernel would crash on its first hypercall, so it is refused before anything exists.
+        raise KernelImageError(f"kernel {config.kernel}: it asks for a hypercall page (HYPERCALL_PAGE note at "
+                               f"{kernel.hypercall_page:#x}); xenpure cannot initialise one yet")
     ramdisk = b""
     if config.ramdisk is not None:
         ramdisk = _read_bounded(config.ramdisk, min(MAX_RAMDISK_BYTES, config.nr_pages * PAGE))

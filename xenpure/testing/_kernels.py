@@ -15,10 +15,12 @@ import lzma
 import struct
 from collections.abc import Mapping
 
-__all__ = ["PADDR", "VIRT_BASE", "XEN_NOTES", "make_bzimage", "make_elf", "note"]
+__all__ = ["HYPERCALL_PAGE_NOTE", "PADDR", "VIRT_BASE", "XEN_NOTES", "make_bzimage", "make_elf", "note"]
 
 VIRT_BASE = 0xFFFFFFFF80000000
 PADDR = 0x1000000
+#: A HYPERCALL_PAGE note for the image ``make_elf`` builds (Linux 6.1 as Debian ships it has none).
+HYPERCALL_PAGE_NOTE = {2: struct.pack("<Q", VIRT_BASE + PADDR + 0x1000)}
 XEN_NOTES: dict[int, bytes] = {
     6: b"linux\0",  # GUEST_OS
     7: b"2.6\0",  # GUEST_VERSION
@@ -26,7 +28,6 @@ XEN_NOTES: dict[int, bytes] = {
     3: struct.pack("<Q", VIRT_BASE),  # VIRT_BASE
     4: struct.pack("<Q", 0),  # PADDR_OFFSET
     1: struct.pack("<Q", VIRT_BASE + PADDR + 0x40),  # ENTRY
-    2: struct.pack("<Q", VIRT_BASE + PADDR + 0x1000),  # HYPERCALL_PAGE
     10: b"!writable_page_tables|pae_pgdir_above_4gb\0",  # FEATURES
     17: struct.pack("<I", 0x801),  # SUPPORTED_FEATURES
     8: b"generic\0",  # LOADER
