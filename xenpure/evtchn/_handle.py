@@ -117,7 +117,8 @@ class EventChannels:
         self.device = device
         self._fired: deque[int] = deque()
         self._channels: dict[int, Channel] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the channels
+        self._rlock = threading.Lock()  # the fired ports: one reader at a time
         self._closed = False
         # Readiness checks and sync waits: a poll object holds no descriptor of its own.
         self._poll = select.poll()
@@ -216,7 +217,7 @@ class EventChannels:
     def reset(self) -> None:
         """Forget the ports that fired but were not read yet (``IOCTL_EVTCHN_RESET``); bindings stay."""
         device_ioctl(self.device, IOCTL_EVTCHN_RESET, bytearray(0))
-        with self._lock:
+        with self._rlock:
             self._fired.clear()
 
     @property
@@ -226,10 +227,16 @@ class EventChannels:
             return dict(self._channels)
 
     # -- the core: fired ports ---------------------------------------------------------------------------
-    def _take(self) -> None:
-        """Read every fired port the device has now, without blocking, onto the queue."""
-        if self._closed or not self._poll.poll(0):
+    # One reader at a time (``_rlock``): it owns the queue and is the only one to poll and read, so a read
+    # that poll said would not block cannot be raced into blocking by another thread.
+    def _take(self, timeout_ms: int | None = 0) -> None:
+        """Wait up to ``timeout_ms`` (None: for ever; 0: not at all) for the device to be readable, then read
+        every fired port it has onto the queue. Caller holds ``_rlock``."""
+        if self._closed or not self._poll.poll(timeout_ms) or self._closed:
             return
+        self._read()
+
+    def _read(self) -> None:
         try:
             data = device_read(self.device, _READ_PORTS * PORT_SIZE, "evtchn read (pending)")
         except TryAgain:
@@ -238,27 +245,23 @@ class EventChannels:
             raise ProtocolError(f"evtchn read returned {len(data)} bytes, not a whole number of ports")
         self._fired.extend(p for (p,) in _PORT.iter_unpack(data))
 
-    def _next(self) -> int | None:
-        with self._lock:
+    def _next(self, timeout_ms: int | None = 0) -> int | None:
+        with self._rlock:
             if not self._fired:
-                self._take()
+                self._take(timeout_ms)
             return self._fired.popleft() if self._fired else None
 
     def pending(self, timeout: float | None = 0) -> int | None:
         """The next port that fired, or None if none fires within ``timeout`` seconds (0: do not wait;
         None: wait for ever). The port stays masked until ``unmask``."""
-        port = self._next()
-        if port is None and timeout != 0:
-            self._poll.poll(None if timeout is None else max(0, int(timeout * 1000)))
-            port = self._next()
-        return port
+        return self._next(None if timeout is None else max(0, round(timeout * 1000)))
 
     def wait(self, timeout: float | None = None) -> list[int]:
         """Every port that has fired, waiting up to ``timeout`` seconds for the first (empty list: none)."""
         first = self.pending(timeout)
         if first is None:
             return []
-        with self._lock:
+        with self._rlock:
             self._take()
             rest = list(self._fired)
             self._fired.clear()
@@ -273,7 +276,7 @@ class EventChannels:
         loop = asyncio.get_running_loop()
         fd = self.fileno()
         while True:
-            port = self._next()
+            port = self._next()  # polls again: another reader may have drained what woke us
             if port is not None:
                 yield port
                 continue
