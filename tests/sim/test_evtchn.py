@@ -8,6 +8,7 @@ import errno
 import gc
 import os
 import selectors
+import threading
 
 import pytest
 
@@ -231,3 +232,15 @@ def test_driver_edges_as_observed_in_the_lab(evt: EventChannels) -> None:
     evt.restrict(3)
     with pytest.raises(AccessDenied):
         evt.restrict(4)  # a restriction cannot be changed
+
+
+def test_a_thread_blocked_in_pending_wakes_on_notify(evt: EventChannels) -> None:
+    a, b = loopback(evt)
+    got: list[int | None] = []
+    t = threading.Thread(target=lambda: got.append(evt.pending(None)))
+    t.start()
+    t.join(0.1)
+    assert t.is_alive() and got == []  # it waits: nothing fired yet
+    b.notify()
+    t.join(WAIT)
+    assert got == [a.port]
