@@ -10,6 +10,7 @@ import asyncio
 import errno
 import os
 import selectors
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -217,3 +218,15 @@ def test_virq_dom_exc_is_held_by_xenstored(evt: EventChannels) -> None:
         evt.bind_virq(Virq.DOM_EXC)
     with evt.bind_virq(Virq.DEBUG) as ch:
         assert ch.virq == Virq.DEBUG
+
+
+def test_a_thread_blocked_in_pending_wakes_on_notify(evt: EventChannels) -> None:
+    a, b = loopback(evt)
+    got: list[int | None] = []
+    t = threading.Thread(target=lambda: got.append(evt.pending(None)))
+    t.start()
+    t.join(0.5)
+    assert t.is_alive() and got == []
+    b.notify()
+    t.join(WAIT)
+    assert got == [a.port]
