@@ -208,3 +208,12 @@ def test_flat_image_matches_pages() -> None:
     pages = dict(k.pages())
     for i in range(len(flat) // 4096):
         assert bytes(flat[i * 4096 : (i + 1) * 4096]) == pages.get(i, bytes(4096))
+
+
+def test_copy_into_matches_flat() -> None:
+    k = load_kernel(make_elf())
+    flat = k.flat()
+    for off, n in ((0, 4096), (4096, 8192), (0x1000 - 8, 16), (0, len(flat))):
+        buf = bytearray(b"\xaa" * n)
+        k.copy_into(memoryview(buf), off)
+        assert bytes(buf) == bytes(flat[off : off + n])

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import struct
 import time
 from collections.abc import Callable, Iterator
@@ -145,10 +146,10 @@ def prepare(config: DomainConfig) -> Prepared:
 
 def _read_bounded(path: Path, limit: int) -> bytes:
     with path.open("rb") as f:
-        data = f.read(limit + 1)
-    if len(data) > limit:
-        raise LayoutError(f"ramdisk {path} is larger than {limit} bytes (the guest's memory)")
-    return data
+        size = os.fstat(f.fileno()).st_size
+        if size > limit:
+            raise LayoutError(f"ramdisk {path} is {size} bytes, larger than {limit} (the guest's memory)")
+        return f.read(size)  # exactly: read(n) would first allocate all n bytes
 
 
 class _Build:
@@ -242,12 +243,12 @@ class _Build:
         self.report.store_evtchn = ops.alloc_unbound(self.domid, 0)
         self.report.console_evtchn = ops.alloc_unbound(self.domid, 0)
 
-    def blobs(self) -> Iterator[tuple[int, bytes | bytearray]]:
+    def blobs(self) -> Iterator[tuple[int, bytes | bytearray | KernelImage]]:
         """What the bootstrap writes, as (first pfn, bytes) runs in pfn order; each run is zero-extended to
         whole pages (frames are scrubbed by Xen, but bss and rings must be zero whatever the pattern)."""
         lay = self.p.layout
         p2m = self.report.p2m
-        yield lay.kernel.pfn, self.p.kernel.flat()
+        yield lay.kernel.pfn, self.p.kernel  # copied batch by batch straight from the ELF's segments
         if lay.ramdisk is not None:
             yield lay.ramdisk.pfn, self.p.ramdisk
         yield lay.p2m.pfn, p2m_bytes(p2m)
@@ -269,6 +270,13 @@ class _Build:
         p2m = self.report.p2m
         with ForeignMemory.open(self.host.kernel) as fm:
             for first, data in self.blobs():
+                if isinstance(data, KernelImage):
+                    pages = data.nr_kernel_pages
+                    for i in range(0, pages, _MAP_BATCH):
+                        n = min(_MAP_BATCH, pages - i)
+                        with fm.map(self.domid, p2m[first + i : first + i + n]) as m:
+                            data.copy_into(m.view, i * PAGE)
+                    continue
                 view = memoryview(data)
                 pages = (len(data) + PAGE - 1) // PAGE
                 for i in range(0, pages, _MAP_BATCH):

@@ -29,6 +29,7 @@ from __future__ import annotations
 import bz2
 import itertools
 import lzma
+import os
 import struct
 import zlib
 from collections.abc import Iterator
@@ -175,7 +176,7 @@ class KernelImage:
     format, or None for a plain ELF.
     """
 
-    elf: bytes = field(repr=False)
+    elf: bytes | bytearray = field(repr=False)  # never modified
     segments: tuple[Segment, ...]
     notes: XenNotes
     entry: int
@@ -197,6 +198,19 @@ class KernelImage:
     @property
     def nr_kernel_pages(self) -> int:
         return (self.virt_kend - self.virt_kstart + PAGE - 1) // PAGE
+
+    def copy_into(self, dest: memoryview, offset: int) -> None:
+        """Write bytes ``[offset, offset + len(dest))`` of the in-memory kernel (see ``flat``) into ``dest``:
+        segment bytes where segments lie, zero elsewhere. No copy of the whole image is made."""
+        end = offset + len(dest)
+        dest[:] = bytes(len(dest))
+        src = memoryview(self.elf)
+        for seg in self.segments:
+            lo = max(offset, seg.vaddr - self.virt_kstart)
+            hi = min(end, seg.vaddr - self.virt_kstart + seg.filesz)
+            if lo < hi:
+                at = seg.offset + lo - (seg.vaddr - self.virt_kstart)
+                dest[lo - offset : hi - offset] = src[at : at + hi - lo]
 
     def flat(self) -> bytearray:
         """The kernel as it lies in memory: ``[virt_kstart, virt_kend)`` with every segment copied in and the
@@ -235,7 +249,12 @@ def load_kernel_file(path: str | Path) -> KernelImage:
     p = Path(path)
     try:
         with p.open("rb") as f:
-            data = f.read(MAX_KERNEL_BYTES + 1)
+            size = os.fstat(f.fileno()).st_size
+            if size > MAX_KERNEL_BYTES:
+                raise KernelImageError(f"kernel {p}: {size} bytes is larger than the {MAX_KERNEL_BYTES >> 20} MiB "
+                                       "xenpure accepts")
+            # Exactly the file's size: read(n) would first allocate all n bytes.
+            data = f.read(size)
     except OSError as e:
         raise KernelImageError(f"kernel {p}: cannot read it ({e.strerror})") from e
     try:
@@ -244,7 +263,7 @@ def load_kernel_file(path: str | Path) -> KernelImage:
         raise KernelImageError(f"kernel {p}: {e}") from None
 
 
-def load_kernel(data: bytes) -> KernelImage:
+def load_kernel(data: bytes | bytearray) -> KernelImage:
     """Check and decode a PV kernel: an ELF64 x86_64 image with Xen notes, or a bzImage wrapping one.
 
     Raises ``KernelImageError`` for anything that cannot boot as a 64-bit PV domU.
@@ -279,11 +298,11 @@ _MAGICS: tuple[tuple[bytes, str], ...] = (
 )
 
 
-def _is_bzimage(data: bytes) -> bool:
+def _is_bzimage(data: bytes | bytearray) -> bool:
     return len(data) >= _PAYLOAD_LENGTH + 4 and data[_HDRS : _HDRS + 4] == b"HdrS"
 
 
-def unwrap_bzimage(data: bytes) -> tuple[bytes, str]:
+def unwrap_bzimage(data: bytes | bytearray) -> tuple[bytearray, str]:
     """The ELF inside a bzImage and the compression it was stored with.
 
     Raises ``KernelImageError`` for a boot protocol before 2.08 (no payload fields), a payload outside the
@@ -309,22 +328,11 @@ def unwrap_bzimage(data: bytes) -> tuple[bytes, str]:
     if kind is None:
         raise KernelImageError(f"bzImage payload starts with {payload[:6].hex()}: not a compression format "
                                "xenpure knows")
+    if kind not in ("gzip", "xz", "lzma", "bzip2"):
+        raise KernelImageError(f"bzImage payload is {kind}-compressed; xenpure decompresses only gzip, xz, "
+                               "lzma and bzip2 (the Python standard library's); use an uncompressed vmlinux")
     try:
-        if kind == "gzip":
-            z = zlib.decompressobj(wbits=31)
-            out = z.decompress(payload, MAX_KERNEL_BYTES + 1)
-            done = z.eof
-        elif kind in ("xz", "lzma"):
-            lz = lzma.LZMADecompressor(lzma.FORMAT_XZ if kind == "xz" else lzma.FORMAT_ALONE)
-            out = lz.decompress(payload, MAX_KERNEL_BYTES + 1)
-            done = lz.eof
-        elif kind == "bzip2":
-            bz = bz2.BZ2Decompressor()
-            out = bz.decompress(payload, MAX_KERNEL_BYTES + 1)
-            done = bz.eof
-        else:
-            raise KernelImageError(f"bzImage payload is {kind}-compressed; xenpure decompresses only gzip, xz, "
-                                   "lzma and bzip2 (the Python standard library's); use an uncompressed vmlinux")
+        out, done = _inflate(kind, payload)
     except (zlib.error, lzma.LZMAError, OSError, EOFError) as e:
         raise KernelImageError(f"bzImage {kind} payload is corrupt: {e}") from None
     if len(out) > MAX_KERNEL_BYTES:
@@ -336,10 +344,35 @@ def unwrap_bzimage(data: bytes) -> tuple[bytes, str]:
     return out, kind
 
 
+def _inflate(kind: str, payload: bytes | bytearray) -> tuple[bytearray, bool]:
+    """Decompress in 16 MiB steps into one growing buffer (bounded by ``MAX_KERNEL_BYTES``): asking for the
+    whole bound at once would allocate it up front. Returns (data, whether the stream ended)."""
+    step = 16 << 20
+    out = bytearray()
+    if kind == "gzip":
+        z = zlib.decompressobj(wbits=31)
+        data = payload
+        while len(out) <= MAX_KERNEL_BYTES:
+            out += z.decompress(data, step)
+            data = z.unconsumed_tail
+            if z.eof or not data:
+                return out, z.eof
+        return out, False
+    d = bz2.BZ2Decompressor() if kind == "bzip2" else lzma.LZMADecompressor(
+        lzma.FORMAT_XZ if kind == "xz" else lzma.FORMAT_ALONE)
+    chunk = payload
+    while len(out) <= MAX_KERNEL_BYTES:
+        out += d.decompress(chunk, step)
+        chunk = b""
+        if d.eof or d.needs_input:
+            return out, d.eof
+    return out, False
+
+
 # -- ELF -------------------------------------------------------------------------------------------------
 
 
-def _parse_elf(data: bytes, compression: str | None) -> KernelImage:
+def _parse_elf(data: bytes | bytearray, compression: str | None) -> KernelImage:
     n = len(data)
     if n < _EHDR.size:
         raise KernelImageError(f"truncated ELF header ({n} bytes, need {_EHDR.size})")
@@ -395,7 +428,7 @@ def _parse_elf(data: bytes, compression: str | None) -> KernelImage:
     return _image(data, loads, notes, e_entry, compression)
 
 
-def _note_sections(data: bytes, shoff: int, shentsize: int, shnum: int) -> list[tuple[int, int]]:
+def _note_sections(data: bytes | bytearray, shoff: int, shentsize: int, shnum: int) -> list[tuple[int, int]]:
     if shentsize != _SHDR.size or shnum > _MAX_SHDRS or shoff + shnum * _SHDR.size > len(data):
         raise KernelImageError("section headers out of bounds (truncated?)")
     out = []
@@ -408,7 +441,7 @@ def _note_sections(data: bytes, shoff: int, shentsize: int, shnum: int) -> list[
     return out
 
 
-def _xen_notes(data: bytes, areas: list[tuple[int, int]]) -> XenNotes:
+def _xen_notes(data: bytes | bytearray, areas: list[tuple[int, int]]) -> XenNotes:
     raw: dict[int, bytes] = {}
     count = 0
     for start, size in areas:
@@ -430,7 +463,7 @@ def _xen_notes(data: bytes, areas: list[tuple[int, int]]) -> XenNotes:
                     raise KernelImageError(f"Xen note {_note_name(ntype)} is {descsz} bytes long")
                 if ntype in raw:
                     raise KernelImageError(f"Xen note {_note_name(ntype)} appears twice")
-                raw[ntype] = data[desc_at : desc_at + descsz]
+                raw[ntype] = bytes(data[desc_at : desc_at + descsz])
             pos = nxt
     if not raw:
         raise KernelImageError("no Xen ELF notes: not a Xen PV kernel (or an old kernel with only the legacy "
@@ -483,7 +516,7 @@ def _align4(n: int) -> int:
     return (n + 3) & ~3
 
 
-def _image(data: bytes, loads: list[tuple[int, int, int, int, int]], notes: XenNotes, e_entry: int,
+def _image(data: bytes | bytearray, loads: list[tuple[int, int, int, int, int]], notes: XenNotes, e_entry: int,
            compression: str | None) -> KernelImage:
     if notes.xen_version is not None and notes.xen_version != "xen-3.0":
         raise KernelImageError(f"XEN_VERSION note {notes.xen_version!r}: only 'xen-3.0' kernels exist for Xen 3+")
