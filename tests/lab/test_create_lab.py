@@ -96,8 +96,7 @@ def test_create_vmlinux_boots_and_xl_manages_it(
     assert d.info().paused
     d.start()
     print(f"xenpure create (vmlinux, {cfg.memory} MiB) to unpause: {built:.2f} s")
-    out = wait_marker(name)
-    assert "Linux version" in out
+    wait_marker(name)  # the lab's cmdline has "quiet": the marker is the first line the console shows
     row = xl.list()[name]
     assert (row.domid, row.mem_mib, row.vcpus) == (d.id, cfg.memory, cfg.vcpus)
     # xl's own shutdown: control/shutdown through the guest's xenbus, then the guest powers off.
