@@ -238,3 +238,21 @@ def test_xl_cfg_to_domain(sim_host: xenpure.Host, tmp_path: Path, kernel: Path) 
     cfg.write_text(f'type="pv"\nname="fromcfg"\nmemory=32\nkernel="{kernel}"\nextra="console=hvc0"\n')
     d = sim_host.create(load_xl_config(cfg))
     assert d.name == "fromcfg" and d.info().memory_kib == 32 * 1024
+
+
+def test_init_p2m_kernel_builds_with_the_p2m_at_its_address(sim_host: xenpure.Host, sim_xen: SimXen,
+                                                             tmp_path: Path) -> None:
+    import struct
+
+    from xenpure.testing._kernels import XEN_NOTES
+
+    p = tmp_path / "vmlinux-p2m"
+    p.write_bytes(make_elf(notes={**XEN_NOTES, 15: struct.pack("<Q", 0x8000000000)}))
+    report = build_pv(sim_host, config(p))
+    assert report.layout.p2m_relocated
+    view = sim_xen.build.guest_view(report.domid)  # the pin walked the p2m's tables too
+    si = view.start_info
+    assert si.mfn_list == 0x8000000000 and si.nr_p2m_frames > 0
+    raw = view.read_va(si.mfn_list, 8 * 32 * 256)
+    assert [int.from_bytes(raw[i * 8 : i * 8 + 8], "little") for i in range(32 * 256)] == [
+        view.p2m[i] for i in range(32 * 256)]

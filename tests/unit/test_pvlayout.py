@@ -134,3 +134,44 @@ def test_low_virt_base_crosses_table_boundaries() -> None:
     for pfn in [*range(0, lay.bootstrap_pages, 997), lay.bootstrap_pages - 1]:
         t = walk(p2m[lay.l4_pfn], lay.va(pfn), lambda m: frames.get(m, bytes(PAGE)))
         assert t is not None and t.mfn == p2m[pfn]
+
+
+def _init_p2m_kernel() -> object:
+    from xenpure.testing._kernels import XEN_NOTES
+
+    return load_kernel(make_elf(notes={**XEN_NOTES, 15: struct.pack("<Q", 0x8000000000)}))
+
+
+def test_init_p2m_relocates_the_p2m() -> None:
+    k = _init_p2m_kernel()
+    lay = plan(k, nr_pages=32768, ramdisk_len=3 * PAGE)  # type: ignore[arg-type]
+    assert lay.p2m_relocated and lay.p2m.va == 0x8000000000
+    assert lay.p2m.pfn == lay.bootstrap_pages  # right after the bootstrap region
+    assert lay.p2m_tables is not None and lay.p2m_tables.pfn == lay.p2m.end_pfn
+    assert lay.ramdisk is not None and lay.start_info.pfn == lay.ramdisk.end_pfn  # no p2m in between
+    p2m = _p2m(32768, seed=5)
+    tables = page_tables(lay, p2m)
+    frames = {p2m[pfn]: data for pfn, data in tables.items()}
+
+    def frame(m: int) -> bytes:
+        return frames.get(m, bytes(PAGE))
+
+    l4 = p2m[lay.l4_pfn]
+    for i in range(lay.p2m.count):
+        t = walk(l4, lay.p2m.va + i * PAGE, frame)
+        assert t is not None and t.mfn == p2m[lay.p2m.pfn + i] and t.writable
+    for pfn in range(lay.bootstrap_pages):
+        t = walk(l4, lay.va(pfn), frame)
+        assert t is not None and t.mfn == p2m[pfn]
+    # the p2m's tables are not reachable through any virtual address (only through the L4's links)
+    si = START_INFO.layout().parse(start_info(lay, p2m, shared_info_mfn=1, store_evtchn=1, console_evtchn=2))
+    assert si.mfn_list == 0x8000000000
+    assert (si.first_p2m_pfn, si.nr_p2m_frames) == (lay.p2m.pfn, lay.p2m.count + lay.p2m_tables.count)
+    assert lay.used_pages == lay.p2m_tables.end_pfn <= 32768
+
+
+def test_init_p2m_can_be_declined() -> None:
+    lay = plan(_init_p2m_kernel(), nr_pages=32768, relocate_p2m=False)  # type: ignore[arg-type]
+    assert not lay.p2m_relocated and lay.p2m.va == lay.va(lay.p2m.pfn)
+    with pytest.raises(LayoutError, match="INIT_P2M"):
+        plan(KERNEL, nr_pages=32768, relocate_p2m=True)

@@ -257,7 +257,9 @@ class _Build:
         yield lay.start_info.pfn, si.ljust(PAGE, b"\0")
         yield lay.xenstore.pfn, bytes(2 * PAGE)  # the xenstore and console rings, empty
         tables = page_tables(lay, p2m)
-        yield lay.page_tables.pfn, b"".join(tables[pfn] for pfn in sorted(tables))
+        for reg in (lay.page_tables, lay.p2m_tables):
+            if reg is not None:
+                yield reg.pfn, b"".join(tables[pfn] for pfn in range(reg.pfn, reg.end_pfn))
         yield lay.stack.pfn, bytes(PAGE)
 
     def _shared_info_mfn(self) -> int:

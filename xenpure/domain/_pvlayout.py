@@ -116,6 +116,15 @@ class PvLayout:
     entry: int
     tables: tuple[tuple[int, int], ...]  # (level 4..1, first virtual address it covers)
     ramdisk_len: int = 0
+    #: When the kernel's INIT_P2M note is honoured: the tables (levels 3..1) mapping the p2m list at its
+    #: own virtual address, in frames right after the p2m's (``p2m`` then lies after the bootstrap region).
+    p2m_tables: Region | None = None
+    p2m_table_list: tuple[tuple[int, int], ...] = ()
+
+    @property
+    def p2m_relocated(self) -> bool:
+        """Whether the p2m list lives outside the bootstrap region, at the kernel's INIT_P2M address."""
+        return self.p2m_tables is not None
 
     @property
     def bootstrap_pages(self) -> int:
@@ -136,13 +145,24 @@ class PvLayout:
         return self.virt_base + pfn * PAGE
 
     def regions(self) -> tuple[Region, ...]:
-        rs = [self.kernel] + ([self.ramdisk] if self.ramdisk else [])
-        return (*rs, self.p2m, self.start_info, self.xenstore, self.console, self.page_tables, self.stack)
+        """Every element, in pfn order."""
+        rs = [self.kernel] + ([self.ramdisk] if self.ramdisk else []) + [self.p2m, self.start_info,
+                                                                         self.xenstore, self.console,
+                                                                         self.page_tables, self.stack]
+        if self.p2m_tables is not None:
+            rs.append(self.p2m_tables)
+        return tuple(sorted(rs, key=lambda r: r.pfn))
+
+    @property
+    def used_pages(self) -> int:
+        """Frames from pfn 0 that the layout uses (the bootstrap region, and the relocated p2m after it)."""
+        return max(self.bootstrap_pages, *(r.end_pfn for r in self.regions()))
 
 
-def _tables_for(virt_base: int, virt_end: int) -> list[tuple[int, int]]:
-    """The page-table pages mapping [virt_base, virt_end): (level, covered start), L4 first, then by level."""
-    out = [(4, 0)]
+def _tables_for(virt_base: int, virt_end: int, *, top: int = 4) -> list[tuple[int, int]]:
+    """The page-table pages mapping [virt_base, virt_end): (level, covered start), from level ``top`` (the L4
+    first) down, level by level."""
+    out = [(4, 0)] if top == 4 else []
     for level, shift in ((3, 39), (2, 30), (1, 21)):
         span = 1 << shift
         first = virt_base & ~(span - 1)
@@ -150,8 +170,12 @@ def _tables_for(virt_base: int, virt_end: int) -> list[tuple[int, int]]:
     return out
 
 
-def plan(kernel: KernelImage, nr_pages: int, ramdisk_len: int = 0) -> PvLayout:
+def plan(kernel: KernelImage, nr_pages: int, ramdisk_len: int = 0, *, relocate_p2m: bool | None = None) -> PvLayout:
     """Lay out a guest of ``nr_pages`` pages booting ``kernel`` with a ramdisk of ``ramdisk_len`` bytes.
+
+    ``relocate_p2m``: place the p2m list at the kernel's INIT_P2M virtual address (mapped by tables of its
+    own, in frames after the bootstrap region, reported through ``first_p2m_pfn``/``nr_p2m_frames``) instead
+    of inside the bootstrap region. None: when the kernel has the note and its address can be mapped apart.
 
     Raises ``LayoutError`` when the bootstrap region does not fit in ``nr_pages``, or the kernel's
     virtual range cannot be mapped from ``VIRT_BASE``.
@@ -171,8 +195,19 @@ def plan(kernel: KernelImage, nr_pages: int, ramdisk_len: int = 0) -> PvLayout:
     if ramdisk_len:
         rd = region("ramdisk", nxt, (ramdisk_len + PAGE - 1) // PAGE)
         nxt = rd.end_pfn
-    p2m = region("p2m", nxt, (nr_pages * 8 + PAGE - 1) // PAGE)
-    si = region("start_info", p2m.end_pfn, 1)
+    p2m_count = (nr_pages * 8 + PAGE - 1) // PAGE
+    init_p2m = kernel.notes.init_p2m
+    can_relocate = init_p2m is not None and _apart(init_p2m, p2m_count, vb)
+    if relocate_p2m and not can_relocate:
+        raise LayoutError(f"the p2m cannot be placed at INIT_P2M {init_p2m!r}: no note, or its L4 slot is the "
+                          "kernel's")
+    relocate = can_relocate if relocate_p2m is None else relocate_p2m
+    if relocate:
+        p2m = Region("p2m", -1, p2m_count, 0)  # placed after the bootstrap region, below
+        si = region("start_info", nxt, 1)
+    else:
+        p2m = region("p2m", nxt, p2m_count)
+        si = region("start_info", p2m.end_pfn, 1)
     store = region("xenstore", si.end_pfn, 1)
     cons = region("console", store.end_pfn, 1)
     pt_pfn = cons.end_pfn
@@ -192,6 +227,14 @@ def plan(kernel: KernelImage, nr_pages: int, ramdisk_len: int = 0) -> PvLayout:
     pts = region("page_tables", pt_pfn, nr_pt)
     stack = region("stack", pts.end_pfn, 1)
     mapped = (vend - vb) // PAGE
+    p2m_tables = None
+    p2m_list: list[tuple[int, int]] = []
+    if relocate:
+        assert init_p2m is not None
+        p2m = Region("p2m", mapped, p2m_count, init_p2m)
+        p2m_list = _tables_for(init_p2m, init_p2m + p2m_count * PAGE, top=3)
+        p2m_tables = Region("p2m_tables", p2m.end_pfn, len(p2m_list), 0)
+        mapped = p2m_tables.end_pfn
     if mapped > nr_pages:
         raise LayoutError(
             f"the guest needs {mapped} pages ({mapped * PAGE >> 20} MiB) for its bootstrap region (kernel at pfn "
@@ -200,7 +243,17 @@ def plan(kernel: KernelImage, nr_pages: int, ramdisk_len: int = 0) -> PvLayout:
     # The count only grows with the region and the region with the count, so the loop stops exactly.
     assert len(tables) == nr_pt
     return PvLayout(vb, nr_pages, kreg, rd, p2m, si, store, cons, pts, stack, vend, kernel.entry, tuple(tables),
-                    ramdisk_len)
+                    ramdisk_len, p2m_tables, tuple(p2m_list))
+
+
+def _apart(init_p2m: int, count: int, virt_base: int) -> bool:
+    """Whether a p2m of ``count`` pages at ``init_p2m`` can have tables of its own: page aligned, in the lower
+    canonical half, in L4 slots the bootstrap region (from ``virt_base``, at most 512 GiB) does not use."""
+    end = init_p2m + count * PAGE
+    if init_p2m % PAGE or end > 1 << 47:
+        return False
+    slots = set(range(init_p2m >> 39, ((end - 1) >> 39) + 1))
+    return not slots & {(virt_base >> 39) & 511, ((virt_base >> 39) + 1) & 511}
 
 
 def _index(va: int, level: int) -> int:
@@ -233,7 +286,29 @@ def page_tables(layout: PvLayout, p2m: Sequence[int]) -> dict[int, bytes]:
         l1 = where[(1, va & ~((1 << 21) - 1))]
         flags = L1_TABLE if pt.pfn <= pfn < pt.end_pfn else L1_DATA
         struct.pack_into("<Q", pages[l1], _index(va, 1) * 8, (p2m[pfn] << 12) | flags)
+    if layout.p2m_tables is not None:
+        _p2m_tables(layout, p2m, pages, where[(4, 0)])
     return {pfn: bytes(b) for pfn, b in pages.items()}
+
+
+def _p2m_tables(layout: PvLayout, p2m: Sequence[int], pages: dict[int, bytearray], l4: int) -> None:
+    """The relocated p2m's own L3/L2/L1 tables, linked from the L4: the p2m pages mapped read-write."""
+    reg, tabs = layout.p2m, layout.p2m_tables
+    assert tabs is not None
+    where = {key: tabs.pfn + i for i, key in enumerate(layout.p2m_table_list)}
+    for pfn in where.values():
+        pages[pfn] = bytearray(PAGE)
+    lo, hi = reg.va, reg.va + reg.count * PAGE
+    for level, shift in ((4, 39), (3, 30), (2, 21)):
+        child_span, parent_span = 1 << shift, 1 << (shift + 9)
+        for child in range(lo & ~(child_span - 1), hi, child_span):
+            parent = l4 if level == 4 else where[(level, child & ~(parent_span - 1))]
+            entry = (p2m[where[(level - 1, child)]] << 12) | LINK
+            struct.pack_into("<Q", pages[parent], _index(child, level) * 8, entry)
+    for i in range(reg.count):
+        va = lo + i * PAGE
+        l1 = where[(1, va & ~((1 << 21) - 1))]
+        struct.pack_into("<Q", pages[l1], _index(va, 1) * 8, (p2m[reg.pfn + i] << 12) | L1_DATA)
 
 
 @dataclass(frozen=True)
@@ -291,6 +366,9 @@ def start_info(
         mod_start=rd.va if rd else 0,
         mod_len=layout.ramdisk_len if rd else 0,
         cmd_line=raw,
+        # The relocated p2m's frames and its tables' (the kernel may reuse them once it has its own p2m).
+        first_p2m_pfn=layout.p2m.pfn if layout.p2m_tables else 0,
+        nr_p2m_frames=layout.p2m.count + layout.p2m_tables.count if layout.p2m_tables else 0,
     ))
 
 
