@@ -33,7 +33,7 @@ from ..hypercall.abi.privcmd import (
     PRIVCMD_MMAP_RESOURCE,
     PRIVCMD_MMAPBATCH_V2,
 )
-from ..hypercall.abi.xen import START_INFO, StartInfoFlag
+from ..hypercall.abi.xen import START_INFO
 from ..kernel.linux import _address_of
 
 __all__ = ["SimMapping", "SimMemory", "SimPrivcmdFile"]
@@ -239,10 +239,6 @@ class SimMemory:
         }
         self.pv[domid] = layout
         return layout
-
-
-# StartInfoFlag is part of what build_pv could set; keep the import honest for readers.
-_ = StartInfoFlag
 
 
 class SimPrivcmdFile:
