@@ -146,7 +146,8 @@ class ForeignMemory:
         """Map ``frames`` of ``domid`` contiguously (xenforeignmemory_map: ``IOCTL_PRIVCMD_MMAPBATCH_V2``).
 
         Every frame's outcome is reported on its own. Without ``partial`` any failed frame raises
-        ``FramesUnmapped`` listing each (typed: ``InvalidArgument``, ``TryAgain`` for a paged-out frame...)
+        ``FramesUnmapped`` listing each, typed by errno (``OperationNotPermitted`` for a frame the domain does
+        not own, as Xen 4.17 answers; a paged-out frame is ENOENT and is not retried here)
         and nothing stays mapped; with ``partial`` the mapping is returned with ``errors`` set.
         Raises ``NoSuchDomain``, ``InvalidArgument`` for a malformed request.
         """
