@@ -10,9 +10,21 @@ implicit creation of parents, permissions (owner first; the first entry's letter
 access; domain 0 and a domain's SET_TARGET controller are privileged over it), watches (fired once when
 set, then for changes at or below the path, ``depth`` honoured; removal of a parent fires the watched path
 itself; @introduceDomain/@releaseDomain for privileged connections), transactions (a copy of the tree; the
-commit fails with EAGAIN if a node the transaction read or wrote changed meanwhile), DIRECTORY_PART, the
-domain messages, CONTROL (check, help, print, log), GET/SET_FEATURE and GET/SET_QUOTA. Quotas are reported,
-not enforced. Message types listed in ``unsupported`` answer ENOSYS, to play an older xenstored.
+commit fails with EAGAIN if a node the transaction read or wrote changed meanwhile, or if a node it created
+lost its parent: no orphans, XSA-415), DIRECTORY_PART, the domain messages, CONTROL (check, help, print,
+log), GET/SET_FEATURE and GET/SET_QUOTA. Message types listed in ``unsupported`` answer ENOSYS, to play an
+older xenstored.
+
+Quotas are enforced per owning domain, against unprivileged connections only, with C xenstored's defaults
+(``DEFAULT_QUOTAS``; 0 disables one): nodes and memory owned (counted from the store itself, so they can
+never drift from it -- XSA-483), node size, permissions per node, watches, transactions and the nodes one
+transaction may touch (transaction nodes are re-checked at commit: XSA-326/421). "outstanding" is the
+transport's to enforce (the core answers every request at once): the daemon stops reading a connection
+with that many replies unsent. A read-only connection gets EROFS for anything that changes state.
+
+When a domain is released, the nodes it owns are removed with their subtrees (docs/misc/xenstore.txt,
+XSA-419), every permission entry naming it is dropped (XSA-322/417), and its connections lose their
+watches and transactions (XSA-324); a later domain with the same id starts from nothing.
 """
 
 from __future__ import annotations
@@ -72,12 +84,16 @@ log = logging.getLogger("xenpure.xenstore.server")
 #: Feature bits (docs/misc/xenstore-ring.txt) this server claims: WATCH with a depth.
 FEATURE_WATCHDEPTH = 4
 SUPPORTED_FEATURES = FEATURE_WATCHDEPTH
+#: C xenstored's defaults; "memory" is its hard per-domain limit in bytes, as we understand it.
 DEFAULT_QUOTAS: dict[str, int] = {
     "nodes": 1000,
     "watches": 128,
     "transactions": 10,
     "node-size": 2048,
     "permissions": 5,
+    "outstanding": 20,
+    "transaction-nodes": 1024,
+    "memory": 2 * 1024 * 1024 + 512 * 1024,
 }
 CONTROL_COMMANDS = ("check", "help", "log", "print")
 
@@ -104,25 +120,76 @@ class Node:
     generation: int = 0
 
 
+def node_cost(path: str, node: Node) -> int:
+    """What a node counts against its owner's memory quota (path, value, permissions, bookkeeping)."""
+    return len(path) + len(node.value) + 8 * len(node.perms) + 32
+
+
 @dataclass
 class Store:
-    """The whole tree, as a map from absolute path to ``Node``, and the generation counter."""
+    """The whole tree, as a map from absolute path to ``Node``, the generation counter, and per-owner usage
+    (nodes, bytes) kept in step by ``put``. ``journal``, when a list, records every change (the daemon's
+    ``--state``); copies made for transactions have none."""
 
     nodes: dict[str, Node] = field(default_factory=lambda: {"/": Node(b"", (Perm(0, PermAccess.NONE),))})
     generation: int = 0
+    usage: dict[int, list[int]] = field(default_factory=dict)
+    journal: list[tuple[str, Node | None]] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.usage:
+            for path, node in self.nodes.items():
+                u = self.usage.setdefault(node.perms[0].domid, [0, 0])
+                u[0] += 1
+                u[1] += node_cost(path, node)
 
     def copy(self) -> Store:
-        return Store(dict(self.nodes), self.generation)
+        return Store(dict(self.nodes), self.generation, {k: list(v) for k, v in self.usage.items()})
+
+    def put(self, path: str, node: Node | None) -> None:
+        """Set or (``None``) delete one node, keeping usage and journal in step."""
+        old = self.nodes.get(path)
+        if old is not None:
+            u = self.usage[old.perms[0].domid]
+            u[0] -= 1
+            u[1] -= node_cost(path, old)
+        if node is None:
+            self.nodes.pop(path, None)
+        else:
+            self.nodes[path] = node
+            u = self.usage.setdefault(node.perms[0].domid, [0, 0])
+            u[0] += 1
+            u[1] += node_cost(path, node)
+        if self.journal is not None:
+            self.journal.append((path, node))
+
+    def used(self, domid: int) -> tuple[int, int]:
+        """(nodes, bytes) owned by ``domid``."""
+        u = self.usage.get(domid)
+        return (0, 0) if u is None else (u[0], u[1])
+
+    @classmethod
+    def from_nodes(cls, nodes: dict[str, Node]) -> Store:
+        """A store holding ``nodes`` (restored state), its usage counted afresh."""
+        s = cls(nodes={})
+        for path, node in nodes.items():
+            s.put(path, node)
+        s.generation = max((n.generation for n in nodes.values()), default=0)
+        return s
+
+
+_Event = tuple[str, bool, tuple[Perm, ...]]  # (path, removal, the node's permissions when it changed)
 
 
 @dataclass
 class _Txn:
     id: int
     store: Store
+    max_nodes: int = 0  # transaction-nodes quota (0: none)
     seen: dict[str, int | None] = field(default_factory=dict)  # path -> generation when first touched
     dirty: set[str] = field(default_factory=set)  # nodes created, removed, or given a new value/perms
     parents: set[str] = field(default_factory=set)  # nodes whose children list changed
-    events: list[tuple[str, bool]] = field(default_factory=list)  # (path, removal)
+    events: list[_Event] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -139,6 +206,7 @@ class Connection:
 
     id: int
     domid: int
+    readonly: bool = False
     watches: list[_Watch] = field(default_factory=list)
     transactions: dict[int, _Txn] = field(default_factory=dict)
     framer: Framer = field(default_factory=lambda: Framer(unknown_types=True))
@@ -197,27 +265,39 @@ def _depth_below(child: str, parent: str) -> int:
     return rest.count("/") + 1
 
 
+#: Requests that change state: a read-only connection gets EROFS for them.
+_MUTATING = (Write, Mkdir, Rm, SetPerms, Introduce, Release, Resume, SetTarget, SetFeature, SetQuota)
+
+
 class ServerCore:
     """The xenstore server state and logic. Connections are numbered; ``receive_data`` drives them."""
 
-    def __init__(self, *, unsupported: Iterable[XsType] = ()) -> None:
+    def __init__(self, *, unsupported: Iterable[XsType] = (), quotas: dict[str, int] | None = None) -> None:
         self.store = Store()
         self.unsupported = frozenset(unsupported)
         self.connections: dict[int, Connection] = {}
         self.domains: dict[int, _Domain] = {}
         self.domain_features: dict[int, int] = {}
         self.quotas: dict[str, int] = dict(DEFAULT_QUOTAS)
+        if quotas:
+            unknown = set(quotas) - set(DEFAULT_QUOTAS)
+            if unknown:
+                raise ValueError(f"unknown quotas: {sorted(unknown)}")
+            self.quotas.update(quotas)
         self.domain_quotas: dict[int, dict[str, int]] = {}
+        #: Permissions of the special watch paths (SET_PERMS lets unprivileged domains receive them).
+        self.special_perms: dict[str, tuple[Perm, ...]] = {n: (Perm(0, PermAccess.NONE),) for n in _SPECIALS}
         self.log_lines: list[str] = []
         self._next_conn = 1
         self._next_tx = 1
 
     # -- connections ------------------------------------------------------------------------------------
 
-    def connect(self, domid: int = 0) -> int:
+    def connect(self, domid: int = 0, *, readonly: bool = False) -> int:
+        """A new connection speaking for ``domid``; ``readonly`` ones may only read and watch."""
         cid = self._next_conn
         self._next_conn += 1
-        self.connections[cid] = Connection(cid, domid)
+        self.connections[cid] = Connection(cid, domid, readonly)
         return cid
 
     def disconnect(self, conn: int) -> None:
@@ -232,7 +312,7 @@ class ServerCore:
         out: list[Output] = []
         try:
             c.framer.receive_data(data)
-            while (msg := c.framer.next_message()) is not None:
+            while conn in self.connections and (msg := c.framer.next_message()) is not None:
                 out.extend(self.handle(conn, msg))
         except ProtocolError as e:
             # docs/misc/xenstore.txt: a client over XENSTORE_PAYLOAD_MAX gets its connection killed.
@@ -243,7 +323,7 @@ class ServerCore:
     def handle(self, conn: int, msg: Message) -> list[Output]:
         """One whole message from ``conn``: its reply first, then the watch events it fired."""
         c = self.connections[conn]
-        events: list[tuple[str, bool]] = []
+        events: list[_Event] = []
         specials: list[tuple[str, int]] = []
         watch_first: _Watch | None = None
         try:
@@ -276,7 +356,7 @@ class ServerCore:
         Returns the reply value and the watch events to deliver; raises the errno-named ``XenstoreError``.
         """
         c = self.connections[conn]
-        events: list[tuple[str, bool]] = []
+        events: list[_Event] = []
         specials: list[tuple[str, int]] = []
         try:
             value = self._dispatch(c, tx_id, request, events, specials)
@@ -290,14 +370,14 @@ class ServerCore:
         """(absolute path, was relative). EINVAL for anything docs/misc/xenstore.txt forbids."""
         if special and path.startswith("@"):
             if len(path) > XENSTORE_ABS_PATH_MAX or not _PATH_CHARS.match(path):
-                raise _Fail("EINVAL", f"bad special path {path!r}")
+                raise _Fail("EINVAL", f"bad special path {path[:64]!r}")
             return path, False
         relative = not path.startswith("/")
         limit = XENSTORE_REL_PATH_MAX if relative else XENSTORE_ABS_PATH_MAX
         if not path or len(path.encode()) > limit or not _PATH_CHARS.match(path) or "@" in path:
             raise _Fail("EINVAL", f"bad path {path[:64]!r}")
         if "//" in path or (path.endswith("/") and path != "/"):
-            raise _Fail("EINVAL", f"bad path {path[:64]!r}")
+            raise _Fail("EINVAL", f"bad path {path[:64]!r}")  # e.g. "/local/domain/" (XSA-481)
         if relative:
             path = f"/local/domain/{c.domid}/{path}"
             if len(path.encode()) > XENSTORE_ABS_PATH_MAX:
@@ -346,13 +426,15 @@ class ServerCore:
 
     def _touch(self, txn: _Txn | None, store: Store, path: str) -> None:
         if txn is not None and path not in txn.seen:
+            if txn.max_nodes and len(txn.seen) >= txn.max_nodes:
+                raise _Fail("ENOSPC", f"the transaction touched {len(txn.seen)} nodes (transaction-nodes quota)")
             base = self.store.nodes.get(path)
             txn.seen[path] = None if base is None else base.generation
 
     def _bump(self, store: Store, txn: _Txn | None, path: str, node: Node) -> None:
         self._touch(txn, store, path)
         store.generation += 1
-        store.nodes[path] = replace(node, generation=store.generation)
+        store.put(path, replace(node, generation=store.generation))
         if txn is not None:
             txn.dirty.add(path)
 
@@ -360,7 +442,7 @@ class ServerCore:
         """A node gains or loses a child. In a transaction this is merged at commit rather than checked:
         two transactions creating different children of one node do not conflict (so oxenstored, 4.17)."""
         store.generation += 1
-        store.nodes[path] = replace(store.nodes[path], children=children, generation=store.generation)
+        store.put(path, replace(store.nodes[path], children=children, generation=store.generation))
         if txn is not None:
             txn.parents.add(path)
 
@@ -369,33 +451,39 @@ class ServerCore:
         c: Connection,
         tx_id: int,
         r: Request[Any],
-        events: list[tuple[str, bool]],
+        events: list[_Event],
         specials: list[tuple[str, int]],
     ) -> Any:
         privileged = c.domid == 0
+        if c.readonly and isinstance(r, _MUTATING):
+            raise _Fail("EROFS", "read-only connection")
         if isinstance(r, TransactionStart):
             if tx_id != 0:
                 raise _Fail("EINVAL", "TRANSACTION_START inside a transaction")
-            if len(c.transactions) >= self._quota(c.domid, "transactions") and not privileged:
+            if not privileged and self._over(c.domid, "transactions", len(c.transactions) + 1):
                 raise _Fail("ENOSPC", "too many transactions")
             tid = self._next_tx
             self._next_tx = self._next_tx % 0xFFFF_FFFF + 1
-            c.transactions[tid] = _Txn(tid, self.store.copy())
+            c.transactions[tid] = _Txn(
+                tid, self.store.copy(), 0 if privileged else self._quota(c.domid, "transaction-nodes")
+            )
             return tid
         if isinstance(r, TransactionEnd):
             txn = c.transactions.pop(tx_id, None)
             if txn is None:
                 raise _Fail("EIO", f"no transaction {tx_id}")
             if r.commit:
-                self._commit(txn)
+                self._commit(c, txn)
                 events.extend(txn.events)
             return None
         if isinstance(r, Watch | Unwatch | ResetWatches):
             return self._watch_op(c, r)
         if isinstance(r, Introduce | Release | Resume | SetTarget | GetDomainPath | IsDomainIntroduced):
-            return self._domain_op(c, r, specials)
+            return self._domain_op(c, r, events, specials)
         if isinstance(r, Control | GetFeature | SetFeature | GetQuota | ListQuotas | SetQuota):
             return self._admin_op(c, r)
+        if isinstance(r, GetPerms | SetPerms) and r.path in self.special_perms:
+            return self._special_perms(c, r)
 
         store, txn = self._store_for(c, tx_id)
         sink = txn.events if txn is not None else events
@@ -418,10 +506,10 @@ class ServerCore:
             return self._check(c, store, path, write=False).perms
         if isinstance(r, Write | Mkdir):
             value = r.value if isinstance(r, Write) else None
-            if value is not None and len(value) > self._quota(c.domid, "node-size") and not privileged:
+            if value is not None and not privileged and self._over(c.domid, "node-size", len(value)):
                 raise _Fail("ENOSPC", "value over the node-size quota")
             if self._write(c, store, txn, path, value):
-                sink.append((path, False))
+                sink.append((path, False, store.nodes[path].perms))
             return None
         if isinstance(r, Rm):
             if path == "/":
@@ -432,9 +520,9 @@ class ServerCore:
                 if _parent(path) not in store.nodes:
                     raise _Fail("ENOENT", _parent(path))
                 return None
-            self._check(c, store, path, write=True)
+            node = self._check(c, store, path, write=True)
             self._rm(store, txn, path)
-            sink.append((path, True))
+            sink.append((path, True, node.perms))
             return None
         if isinstance(r, SetPerms):
             self._touch(txn, store, path)
@@ -443,23 +531,37 @@ class ServerCore:
                 raise _Fail("EACCES", "only the owner may change permissions")
             if r.perms[0].domid != node.perms[0].domid and not privileged:
                 raise _Fail("EPERM", "only a privileged domain may change the owner")
+            if not privileged and self._over(c.domid, "permissions", len(r.perms) - 1):
+                raise _Fail("ENOSPC", "more permission entries than the permissions quota")
             self._bump(store, txn, path, replace(node, perms=r.perms))
-            sink.append((path, False))
+            sink.append((path, False, r.perms))
             return None
         raise _Fail("ENOSYS", f"{r.TYPE.name} not implemented")
 
     def _quota(self, domid: int, name: str) -> int:
         return self.domain_quotas.get(domid, {}).get(name, self.quotas[name])
 
+    def _over(self, domid: int, name: str, amount: int) -> bool:
+        """Whether ``amount`` is over ``domid``'s quota ``name`` (0 disables a quota)."""
+        q = self._quota(domid, name)
+        return q != 0 and amount > q
+
     def _write(self, c: Connection, store: Store, txn: _Txn | None, path: str, value: bytes | None) -> bool:
         """WRITE (``value``) or MKDIR (``None``); whether anything changed."""
+        privileged = c.domid == 0
         node = store.nodes.get(path)
         self._touch(txn, store, path)
         if node is not None:
             if value is None:
                 return False
             self._check(c, store, path, write=True)
-            self._bump(store, txn, path, replace(node, value=value))
+            new = replace(node, value=value)
+            owner = node.perms[0].domid
+            if not privileged and owner != 0:
+                grow = node_cost(path, new) - node_cost(path, node)
+                if grow > 0 and self._over(owner, "memory", store.used(owner)[1] + grow):
+                    raise _Fail("ENOSPC", f"domain {owner} is over its memory quota")
+            self._bump(store, txn, path, new)
             return True
         # Create: write permission on the nearest existing ancestor; new nodes inherit its permissions,
         # owned by the creating domain when it is not privileged.
@@ -471,22 +573,31 @@ class ServerCore:
             parent = _parent(parent)
         anchor = self._check(c, store, parent, write=True)
         perms = anchor.perms
-        if c.domid != 0:
+        if not privileged:
             perms = (Perm(c.domid, perms[0].access), *perms[1:])
+            nodes, used = store.used(c.domid)
+            cost = sum(node_cost(p, Node(value if p == path and value else b"", perms)) for p in missing)
+            if self._over(c.domid, "nodes", nodes + len(missing)):
+                raise _Fail("ENOSPC", f"domain {c.domid} is over its nodes quota")
+            if self._over(c.domid, "memory", used + cost):
+                raise _Fail("ENOSPC", f"domain {c.domid} is over its memory quota")
         for p in reversed(missing):
             self._relist(store, txn, _parent(p), (*store.nodes[_parent(p)].children, _leaf(p)))
             self._bump(store, txn, p, Node(value if p == path and value is not None else b"", perms))
         return True
 
-    def _rm(self, store: Store, txn: _Txn | None, path: str) -> None:
-        for p in [q for q in store.nodes if _is_child(q, path)]:
+    def _rm(self, store: Store, txn: _Txn | None, path: str) -> list[str]:
+        """Remove ``path`` and everything below it (iteratively: depth costs no stack, XSA-418)."""
+        gone = [q for q in store.nodes if _is_child(q, path)]
+        for p in gone:
             self._touch(txn, store, p)
-            del store.nodes[p]
+            store.put(p, None)
             if txn is not None:
                 txn.dirty.add(p)
         parent = _parent(path)
         leaf = _leaf(path)
         self._relist(store, txn, parent, tuple(n for n in store.nodes[parent].children if n != leaf))
+        return gone
 
     def _directory_part(self, node: Node, offset: int) -> DirectoryChunk:
         encoded = [n.encode() + b"\0" for n in node.children]
@@ -506,21 +617,41 @@ class ServerCore:
             pos += len(e)
         return DirectoryChunk(node.generation, tuple(names), True, used)
 
-    def _commit(self, txn: _Txn) -> None:
+    def _commit(self, c: Connection, txn: _Txn) -> None:
         for path, gen in txn.seen.items():
             now = self.store.nodes.get(path)
             if (None if now is None else now.generation) != gen:
                 raise _Fail("EAGAIN", f"{path} changed since the transaction started")
         main = self.store
+        created = {p for p in txn.dirty if p in txn.store.nodes and p not in main.nodes}
+        for p in created:
+            # A node created in the transaction whose parent was removed outside it meanwhile: committing
+            # would leave an orphan (XSA-415). Retry instead.
+            if _parent(p) not in main.nodes and _parent(p) not in created:
+                raise _Fail("EAGAIN", f"the parent of {p} was removed since the transaction started")
+        if c.domid != 0:
+            delta_nodes = delta_bytes = 0
+            for p in txn.dirty:
+                old, new = main.nodes.get(p), txn.store.nodes.get(p)
+                for n, sign in ((old, -1), (new, 1)):
+                    if n is not None and n.perms[0].domid == c.domid:
+                        delta_nodes += sign
+                        delta_bytes += sign * node_cost(p, n)
+            nodes, used = main.used(c.domid)
+            if delta_nodes > 0 and self._over(c.domid, "nodes", nodes + delta_nodes):
+                raise _Fail("ENOSPC", f"domain {c.domid} would be over its nodes quota (XSA-326/421)")
+            if delta_bytes > 0 and self._over(c.domid, "memory", used + delta_bytes):
+                raise _Fail("ENOSPC", f"domain {c.domid} would be over its memory quota")
         for path in sorted(txn.dirty, key=lambda p: p.count("/")):  # parents before children
             new = txn.store.nodes.get(path)
             if new is None:
-                main.nodes.pop(path, None)
+                if path in main.nodes:
+                    main.put(path, None)
             else:
                 old = main.nodes.get(path)
                 main.generation += 1
                 children = old.children if old is not None else ()
-                main.nodes[path] = replace(new, children=children, generation=main.generation)
+                main.put(path, replace(new, children=children, generation=main.generation))
         # Children lists: keep what is there (others may have added children meanwhile), drop what the
         # transaction removed, append what it created.
         for parent in txn.parents | {_parent(p) for p in txn.dirty if p != "/"}:
@@ -531,12 +662,13 @@ class ServerCore:
             listed = [n for n in node.children if _join(parent, n) in main.nodes]
             listed += [n for n in (mine.children if mine else ()) if n not in listed and _join(parent, n) in main.nodes]
             main.generation += 1
-            main.nodes[parent] = replace(node, children=tuple(listed), generation=main.generation)
+            main.put(parent, replace(node, children=tuple(listed), generation=main.generation))
 
     # -- watches ----------------------------------------------------------------------------------------
 
     def _watch_op(self, c: Connection, r: Watch | Unwatch | ResetWatches) -> None:
         if isinstance(r, ResetWatches):
+            # Whatever tx_id it came with (XSA-484: inside a transaction it must not crash anything).
             c.watches.clear()
             c.transactions.clear()
             return None
@@ -544,7 +676,7 @@ class ServerCore:
         if isinstance(r, Watch):
             if any(w.path == path and w.token == r.token for w in c.watches):
                 raise _Fail("EEXIST", "watch already set")
-            if len(c.watches) >= self._quota(c.domid, "watches") and c.domid != 0:
+            if c.domid != 0 and self._over(c.domid, "watches", len(c.watches) + 1):
                 raise _Fail("E2BIG", "too many watches")
             c.watches.append(_Watch(path, r.token, r.depth, relative))
             return None
@@ -561,10 +693,12 @@ class ServerCore:
             return path[len(base) :]
         return path
 
-    def _fire(self, events: list[tuple[str, bool]], specials: list[tuple[str, int]]) -> list[Output]:
+    def _fire(self, events: list[_Event], specials: list[tuple[str, int]]) -> list[Output]:
         out: list[Output] = []
-        for path, removal in events:
+        for path, removal, perms in events:
             for c in list(self.connections.values()):
+                if not c.watches or not self._access(c, perms).can_read:
+                    continue  # XSA-115: nobody learns of a change to a node it may not read
                 for w in c.watches:
                     if w.path.startswith("@"):
                         continue
@@ -574,15 +708,11 @@ class ServerCore:
                             epath = path
                     elif removal and _is_child(w.path, path):
                         epath = w.path
-                    if epath is None:
-                        continue
-                    node = self.store.nodes.get(epath)
-                    if node is not None and not self._access(c, node.perms).can_read:
-                        continue
-                    out.append(Send(c.id, encode_watch_event(self._report(c, w, epath), w.token)))
+                    if epath is not None:
+                        out.append(Send(c.id, encode_watch_event(self._report(c, w, epath), w.token)))
         for name, domid in specials:
             for c in list(self.connections.values()):
-                if c.domid != 0:
+                if c.domid != 0 and not self._access(c, self.special_perms[name]).can_read:
                     continue
                 for w in c.watches:
                     if w.path == name:
@@ -594,9 +724,18 @@ class ServerCore:
                     out.append(Send(c.id, encode_watch_event(epath, w.token)))
         return out
 
+    def _special_perms(self, c: Connection, r: GetPerms | SetPerms) -> Any:
+        """GET/SET_PERMS on @introduceDomain or @releaseDomain: who may receive those events."""
+        if isinstance(r, GetPerms):
+            return self.special_perms[r.path]
+        if c.domid != 0:
+            raise _Fail("EACCES", f"only the control domain sets the permissions of {r.path}")
+        self.special_perms[r.path] = r.perms
+        return None
+
     # -- domains ----------------------------------------------------------------------------------------
 
-    def _domain_op(self, c: Connection, r: Request[Any], specials: list[tuple[str, int]]) -> Any:
+    def _domain_op(self, c: Connection, r: Request[Any], events: list[_Event], specials: list[tuple[str, int]]) -> Any:
         if isinstance(r, GetDomainPath):
             return f"/local/domain/{r.domid}"
         if isinstance(r, IsDomainIntroduced):
@@ -617,6 +756,7 @@ class ServerCore:
         if isinstance(r, Release):
             if self.domains.pop(r.domid, None) is None:
                 raise _Fail("EINVAL", f"domain {r.domid} is not introduced")  # as oxenstored 4.17
+            self._forget_domain(r.domid, events)
             specials.append(("@releaseDomain", r.domid))
             return None
         if isinstance(r, Resume):
@@ -630,6 +770,31 @@ class ServerCore:
             d.target = r.target
             return None
         raise _Fail("ENOSYS", r.TYPE.name)
+
+    def _forget_domain(self, domid: int, events: list[_Event]) -> None:
+        """A domain is gone: its nodes, its permission entries, its watches, transactions and quotas."""
+        store = self.store
+        owned = sorted((p for p, n in store.nodes.items() if n.perms[0].domid == domid and p != "/"), key=len)
+        for p in owned:
+            node = store.nodes.get(p)
+            if node is not None and _parent(p) in store.nodes:  # not already gone with an owned ancestor
+                self._rm(store, None, p)
+                events.append((p, True, node.perms))
+        for p, n in list(store.nodes.items()):
+            if any(e.domid == domid for e in n.perms[1:]):
+                kept = (n.perms[0], *(e for e in n.perms[1:] if e.domid != domid))
+                self._bump(store, None, p, replace(n, perms=kept))
+        for name, perms in self.special_perms.items():
+            self.special_perms[name] = (perms[0], *(e for e in perms[1:] if e.domid != domid))
+        for d in self.domains.values():
+            if d.target == domid:
+                d.target = None
+        for c in self.connections.values():
+            if c.domid == domid:
+                c.watches.clear()
+                c.transactions.clear()
+        self.domain_quotas.pop(domid, None)
+        self.domain_features.pop(domid, None)
 
     # -- xenstored itself -------------------------------------------------------------------------------
 
@@ -645,6 +810,7 @@ class ServerCore:
                 return "\n".join(CONTROL_COMMANDS).encode() + b"\n"
             if r.command in ("print", "log"):
                 self.log_lines.append(b" ".join(r.args).decode("utf-8", "replace"))
+                del self.log_lines[:-1000]  # bounded
                 return b"OK"
             raise _Fail("EINVAL", f"unknown control command {r.command!r}")
         if isinstance(r, GetFeature):
