@@ -325,7 +325,18 @@ def _parser() -> argparse.ArgumentParser:
     s = command("abi", "print the declared hypercall ABI (records, offsets, constants, ioctls)", cmd_abi, data=True)
     s.add_argument("--xen", default="4.17", choices=[r.name for r in RELEASES])
     s.set_defaults(func=cmd_abi)
+    s = command("xenstored", "run xenpure's xenstored on a Unix socket (SIGTERM stops it)", cmd_xenstored)
+    from .xenstore.server._daemon import add_arguments as xenstored_arguments
+
+    xenstored_arguments(s)
     return p
+
+
+def cmd_xenstored(args: argparse.Namespace) -> int:
+    """`xenpure xenstored`: the daemon in xenpure.xenstore.server (its own SIGTERM handling, restored after)."""
+    from .xenstore.server._daemon import run
+
+    return run(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
