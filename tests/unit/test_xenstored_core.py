@@ -250,3 +250,15 @@ def test_usage_and_journal_follow_the_store() -> None:
     assert s.store.used(5) == recount.used(5) and s.store.used(5)[0] == 2
     changed = {p for p, _ in s.store.journal}
     assert {"/local/domain/5/a", "/local/domain/5/b", "/local/domain/5"} <= changed
+
+
+def test_a_change_between_start_and_first_read_conflicts() -> None:
+    # Found by the conformance suite: the transaction reads its snapshot's value, so a change made outside
+    # after TRANSACTION_START (even before the first read) must fail the commit.
+    s = ServerCore()
+    a, b = s.connect(0), s.connect(0)
+    s.call(a, W.Write("/s", b"old"))
+    _, tid = ask(s, a, W.TransactionStart())
+    ask(s, b, W.Write("/s", b"new"))
+    assert ask(s, a, W.Read("/s"), tx_id=tid) == ("ok", b"old")
+    assert ask(s, a, W.TransactionEnd(True), tx_id=tid) == ("err", "EAGAIN")

@@ -185,6 +185,7 @@ _Event = tuple[str, bool, tuple[Perm, ...]]  # (path, removal, the node's permis
 class _Txn:
     id: int
     store: Store
+    origin: dict[str, Node]  # the nodes as they were at TRANSACTION_START (what the transaction saw)
     max_nodes: int = 0  # transaction-nodes quota (0: none)
     seen: dict[str, int | None] = field(default_factory=dict)  # path -> generation when first touched
     dirty: set[str] = field(default_factory=set)  # nodes created, removed, or given a new value/perms
@@ -428,7 +429,9 @@ class ServerCore:
         if txn is not None and path not in txn.seen:
             if txn.max_nodes and len(txn.seen) >= txn.max_nodes:
                 raise _Fail("ENOSPC", f"the transaction touched {len(txn.seen)} nodes (transaction-nodes quota)")
-            base = self.store.nodes.get(path)
+            # The generation the transaction's snapshot had: a change made outside after the start but
+            # before this first touch is a conflict too (the transaction saw the old value).
+            base = txn.origin.get(path)
             txn.seen[path] = None if base is None else base.generation
 
     def _bump(self, store: Store, txn: _Txn | None, path: str, node: Node) -> None:
@@ -464,9 +467,8 @@ class ServerCore:
                 raise _Fail("ENOSPC", "too many transactions")
             tid = self._next_tx
             self._next_tx = self._next_tx % 0xFFFF_FFFF + 1
-            c.transactions[tid] = _Txn(
-                tid, self.store.copy(), 0 if privileged else self._quota(c.domid, "transaction-nodes")
-            )
+            limit = 0 if privileged else self._quota(c.domid, "transaction-nodes")
+            c.transactions[tid] = _Txn(tid, self.store.copy(), dict(self.store.nodes), limit)
             return tid
         if isinstance(r, TransactionEnd):
             txn = c.transactions.pop(tx_id, None)
