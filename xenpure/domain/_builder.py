@@ -157,12 +157,22 @@ class _Build:
 
     def __init__(self, host: Host, prepared: Prepared, on_step: Callable[[str], None] | None) -> None:
         self.host = host
-        self.p = prepared
+        self._p: Prepared | None = prepared
         self.config = prepared.config
         self.on_step = on_step
         self.report = _Progress()
         self.undo: list[tuple[str, Callable[[], None]]] = []
         self.step = "start"
+
+    @property
+    def p(self) -> Prepared:
+        if self._p is None:
+            raise RuntimeError("the build is over: its kernel and ramdisk were released")
+        return self._p
+
+    def release(self) -> None:
+        """Drop the kernel and ramdisk bytes: a failed build's traceback keeps this object alive."""
+        self._p = None
 
     def run(self, name: str, fn: Callable[[], None]) -> None:
         self.step = name
@@ -504,8 +514,12 @@ def build_pv(
             b.run(name, fn)
     except BaseException as e:
         done, failed = b.rollback()
+        b.release()
+        del p, prepared
         raise BuildError(config.name, b.step, e, done, failed) from e
     log.info("built domain %d (%s) in %d steps", b.domid, config.name, len(steps))
     r = b.report
-    return BuildReport(r.domid, tuple(r.steps), p.layout, tuple(r.p2m), r.store_evtchn, r.console_evtchn)
+    layout = p.layout
+    b.release()
+    return BuildReport(r.domid, tuple(r.steps), layout, tuple(r.p2m), r.store_evtchn, r.console_evtchn)
 

@@ -260,7 +260,11 @@ def load_kernel_file(path: str | Path) -> KernelImage:
     try:
         return load_kernel(data)
     except KernelImageError as e:
-        raise KernelImageError(f"kernel {p}: {e}") from None
+        msg = f"kernel {p}: {e}"
+    # Raised outside the handler, with the image dropped: a traceback that keeps this frame (and a cycle
+    # through the caught exception) would otherwise keep tens of MiB alive until the cyclic GC runs.
+    del data
+    raise KernelImageError(msg)
 
 
 def load_kernel(data: bytes | bytearray) -> KernelImage:
