@@ -265,9 +265,39 @@ def test_special_watches_fire_when_xl_creates_and_destroys_a_guest(
         wait(lambda: not xs.is_domain_introduced(guest.domid), 30, "xenstored to forget the guest")
 
 
-def _script(xs: Client, base: str) -> list[tuple[str, object]]:
-    """A fixed sequence of calls; each gives ("ok", value) or ("err", error name)."""
+def _script(xs: Client, other: Client, base: str) -> list[tuple[str, object]]:
+    """A fixed sequence of calls (``other`` is a second connection); each gives ("ok", value) or
+    ("err", error name)."""
     n0, r5 = Perm(0, PermAccess.NONE), Perm(5, PermAccess.READ)
+
+    def siblings_in_transactions() -> object:
+        xs.mkdir(f"{base}/s")
+        with xs.transaction() as tx:
+            tx.write(f"{base}/s/mine", "1")
+            other.write(f"{base}/s/theirs", "2")
+        return sorted(xs.directory(f"{base}/s"))
+
+    def conflict() -> object:
+        with xs.transaction() as tx:
+            tx.read(f"{base}/a")
+            other.write(f"{base}/a", "changed")
+            tx.write(f"{base}/a", "mine")
+        return None
+
+    def order() -> object:
+        for leaf in ("zz", "aa", "mm"):
+            xs.write(f"{base}/o/{leaf}", "")
+        return xs.directory(f"{base}/o")
+
+    def watch_events() -> object:
+        xs.watch(f"{base}/w", "w")
+        first = xs.next_watch_event()
+        xs.write(f"{base}/w/x/y", "")
+        xs.rm(f"{base}/w")
+        got = [first, xs.next_watch_event(), xs.next_watch_event()]
+        xs.unwatch(f"{base}/w", "w")
+        return got
+
     calls: list[tuple[str, Callable[[], object]]] = [
         ("write", lambda: xs.write(f"{base}/a", "1")),
         ("read", lambda: xs.read(f"{base}/a")),
@@ -303,6 +333,18 @@ def _script(xs: Client, base: str) -> list[tuple[str, object]]:
         ("watch event", lambda: xs.next_watch_event()),
         ("unwatch", lambda: xs.unwatch(base, "t")),
         ("control check", lambda: xs.control("check")),
+        ("siblings in transactions", siblings_in_transactions),
+        ("conflict", conflict),
+        ("after conflict", lambda: xs.read(f"{base}/a")),
+        ("children order", order),
+        ("watch events", watch_events),
+        (
+            "big directory",
+            lambda: (
+                [xs.write(f"{base}/big/child-{i:04d}", "") for i in range(300)]
+                and xs.directory(f"{base}/big") == tuple(f"child-{i:04d}" for i in range(300))
+            ),
+        ),
         ("get_feature", lambda: xs.get_feature(0)),
     ]
     out: list[tuple[str, object]] = []
@@ -325,14 +367,20 @@ def test_the_simulator_answers_as_oxenstored_does(kernel: LinuxKernel) -> None:
     from xenpure.testing._xenstored import SimXenstored
 
     base = f"/xenpure-lab/differential-{os.getpid()}"
-    with Client(kernel.connect_socket(DEFAULT_SOCKET), timeout=TIMEOUT) as real:
+    with (
+        Client(kernel.connect_socket(DEFAULT_SOCKET), timeout=TIMEOUT) as real,
+        Client(kernel.connect_socket(DEFAULT_SOCKET), timeout=TIMEOUT) as real2,
+    ):
         try:
-            truth = _script(real, base)
+            truth = _script(real, real2, base)
         finally:
             real.rm(base)
     sim_store = SimXenstored()
-    with Client(sim_store.connect_socket(), timeout=TIMEOUT) as sim:  # type: ignore[arg-type]
-        simulated = _script(sim, base)
+    with (
+        Client(sim_store.connect_socket(), timeout=TIMEOUT) as sim,  # type: ignore[arg-type]
+        Client(sim_store.connect_socket(), timeout=TIMEOUT) as sim2,  # type: ignore[arg-type]
+    ):
+        simulated = _script(sim, sim2, base)
     diffs = [
         (name, want, got)
         for (name, want), (_, got) in zip(truth, simulated, strict=True)

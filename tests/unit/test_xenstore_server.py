@@ -180,7 +180,7 @@ def test_transactions_creating_siblings_do_not_conflict() -> None:
     ask(s, dom0, W.Rm("/p/gone"), tx_id=tid)
     ask(s, other, W.Write("/p/theirs", b"2"))
     assert ask(s, dom0, W.TransactionEnd(True), tx_id=tid) == ("ok", None)
-    assert ask(s, other, W.Directory("/p")) == ("ok", ("theirs", "mine"))
+    assert ask(s, other, W.Directory("/p")) == ("ok", ("mine", "theirs"))  # byte order, as oxenstored
     assert ask(s, other, W.Directory("/p/mine")) == ("ok", ("deep",))
     assert ask(s, other, W.Read("/p/mine/deep")) == ("ok", b"1")
     # ... but a transaction that listed the parent does conflict.
@@ -252,3 +252,10 @@ def test_garbage_from_a_client_never_crashes_the_server(data: bytes) -> None:
             assert isinstance(o, Send | Drop)
             if isinstance(o, Send):
                 list(W.iter_messages(o.data))  # every output is well formed
+
+
+def test_children_are_listed_in_byte_order_as_oxenstored_does() -> None:
+    s, dom0, _ = seeded()
+    for leaf in ("zz", "aa", "mm", "B", "a-b"):
+        ask(s, dom0, W.Write(f"/o/{leaf}", b""))
+    assert ask(s, dom0, W.Directory("/o")) == ("ok", ("B", "a-b", "aa", "mm", "zz"))

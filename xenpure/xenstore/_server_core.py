@@ -112,7 +112,8 @@ class _Fail(Exception):
 
 @dataclass(frozen=True)
 class Node:
-    """One node: value, permissions (owner first), children in creation order, generation of last change."""
+    """One node: value, permissions (owner first), children in byte order (as oxenstored lists them; the lab
+    showed it), generation of last change."""
 
     value: bytes
     perms: tuple[Perm, ...]
@@ -445,7 +446,7 @@ class ServerCore:
         """A node gains or loses a child. In a transaction this is merged at commit rather than checked:
         two transactions creating different children of one node do not conflict (so oxenstored, 4.17)."""
         store.generation += 1
-        store.put(path, replace(store.nodes[path], children=children, generation=store.generation))
+        store.put(path, replace(store.nodes[path], children=tuple(sorted(children)), generation=store.generation))
         if txn is not None:
             txn.parents.add(path)
 
@@ -664,7 +665,7 @@ class ServerCore:
             listed = [n for n in node.children if _join(parent, n) in main.nodes]
             listed += [n for n in (mine.children if mine else ()) if n not in listed and _join(parent, n) in main.nodes]
             main.generation += 1
-            main.put(parent, replace(node, children=tuple(listed), generation=main.generation))
+            main.put(parent, replace(node, children=tuple(sorted(listed)), generation=main.generation))
 
     # -- watches ----------------------------------------------------------------------------------------
 
