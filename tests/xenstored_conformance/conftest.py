@@ -36,6 +36,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         help="the xenstore server to test (default: $XENSTORED_PATH, else xenpure's own on a temporary socket)",
     )
+    parser.addoption(
+        "--xenstored-ro-socket",
+        default=None,
+        help="its read-only socket (default: the socket's path with _ro appended, if it exists)",
+    )
 
 
 @pytest.fixture(scope="session")
@@ -44,7 +49,8 @@ def target(request: pytest.FixtureRequest) -> Iterator[Target]:
     if path:
         if not os.path.exists(path):
             pytest.fail(f"no xenstore server socket at {path}")
-        yield Target(path)
+        ro = request.config.getoption("--xenstored-ro-socket", default=None) or f"{path}_ro"
+        yield Target(path, ro_path=ro if os.path.exists(ro) else None)
         return
     from xenpure.xenstore.server import Xenstored
 
@@ -53,7 +59,7 @@ def target(request: pytest.FixtureRequest) -> Iterator[Target]:
         t = threading.Thread(target=daemon.serve, daemon=True, name="xenpure-xenstored")
         t.start()
         try:
-            yield Target(os.path.join(d, "socket"), daemon)
+            yield Target(os.path.join(d, "socket"), daemon, ro_path=os.path.join(d, "socket_ro"))
         finally:
             daemon.stop()
             t.join(10)

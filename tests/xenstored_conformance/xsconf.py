@@ -126,18 +126,28 @@ class Target:
 
     path: str
     daemon: Any = None  # xenpure's Xenstored when the suite started it
+    ro_path: str | None = None
     conns: list[Conn] = field(default_factory=list)
 
     @property
     def is_xenpure(self) -> bool:
         return self.daemon is not None
 
-    def connect(self) -> Conn:
+    def connect(self, *, readonly: bool = False) -> Conn:
+        path = self.path
+        if readonly:
+            if self.ro_path is None:
+                pytest.skip("the server has no read-only socket (or --xenstored-ro-socket was not given)")
+            path = self.ro_path
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.connect(self.path)
+        s.connect(path)
         c = Conn(s)
         self.conns.append(c)
         return c
+
+    def need_xenpure(self, why: str) -> None:
+        if self.daemon is None:
+            pytest.skip(f"{why}: only with xenpure's own server")
 
     def guest(self, domid: int) -> Conn:
         if self.daemon is None:

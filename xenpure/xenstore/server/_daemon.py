@@ -208,19 +208,28 @@ class Xenstored:
         try:
             while not self._stopping:
                 for key, mask in self._sel.select(timeout=1.0):
-                    kind, what = key.data
-                    if kind == "wake":
-                        with contextlib.suppress(BlockingIOError):
-                            os.read(self._wake_r, 4096)
-                        self._take_adds()
-                    elif kind == "listen":
-                        self._accept(key.fileobj, what)  # type: ignore[arg-type]
-                    elif kind == "sock":
-                        self._socket_io(what, mask)
-                    elif kind == "ring":
-                        self._ring_io(what)
+                    try:
+                        self._event(key, mask)
+                    except Exception:  # one connection's failure must not stop the others
+                        log.exception("xenstored: dropping a connection after an internal error")
+                        peer = key.data[1]
+                        if isinstance(peer, _Peer):
+                            self._close(peer, "internal error")
         finally:
             self.close()
+
+    def _event(self, key: selectors.SelectorKey, mask: int) -> None:
+        kind, what = key.data
+        if kind == "wake":
+            with contextlib.suppress(BlockingIOError):
+                os.read(self._wake_r, 4096)
+            self._take_adds()
+        elif kind == "listen":
+            self._accept(key.fileobj, what)  # type: ignore[arg-type]
+        elif kind == "sock":
+            self._socket_io(what, mask)
+        elif kind == "ring":
+            self._ring_io(what)
 
     def _accept(self, lsock: socket.socket, readonly: bool) -> None:
         try:
@@ -319,10 +328,7 @@ class Xenstored:
                 self._feed(peer, data)
             self._ring_write(peer)
         except ProtocolError as e:  # a hostile index (XSA-72): stop serving this ring
-            log.warning("%s: %s", peer.name, e)
-            peer.ring.error = RingErrorCode.RINGIDX
-            peer.dead = True
-            peer.bell.notify()
+            self._kill_ring(peer, str(e))
 
     def _ring_write(self, peer: _RingPeer) -> None:
         wrote = False
@@ -334,10 +340,18 @@ class Xenstored:
                 wrote = True
                 peer.sent(n)
         except ProtocolError as e:
-            log.warning("%s: %s", peer.name, e)
-            peer.ring.error = RingErrorCode.RINGIDX
-            peer.dead = True
-        if wrote or peer.dead:
+            self._kill_ring(peer, str(e))
+            return
+        if wrote:
+            peer.bell.notify()
+
+    def _kill_ring(self, peer: _RingPeer, why: str) -> None:
+        """Stop serving a ring whose peer broke it: the connection goes, then the ring says why."""
+        log.warning("%s: %s", peer.name, why)
+        peer.dead = True
+        self._close(peer, why)
+        peer.ring.error = RingErrorCode.RINGIDX
+        with contextlib.suppress(OSError):
             peer.bell.notify()
 
     def _close(self, peer: _Peer, why: str) -> None:
