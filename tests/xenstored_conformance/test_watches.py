@@ -124,9 +124,9 @@ def test_watch_depth_where_supported(xs: Conn, xs2: Conn, target: Target, base: 
 
 
 def test_many_watches_and_a_flood_of_events(xs: Conn, xs2: Conn, base: str) -> None:
-    for i in range(100):
+    for i in range(50):
         xs(W.Watch(f"{base}/f", f"t{i}"))
-    assert len(xs.wait_events(100)) == 100
-    for i in range(20):
+    assert len(xs.wait_events(50)) == 50
+    for i in range(10):
         xs2(W.Write(f"{base}/f/{i}", b""))
-    assert len(xs.wait_events(2000, timeout=10)) == 2000
+    assert len(xs.wait_events(500, timeout=60)) == 500
