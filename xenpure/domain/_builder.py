@@ -67,7 +67,7 @@ MAX_MAPTRACK_FRAMES = 1024
 GRANT_VERSION = 1
 #: How many pfns one populate_physmap / one foreign mapping covers.
 _POPULATE_BATCH = 4096
-_MAP_BATCH = 1024
+_MAP_BATCH = 4096
 #: The largest ramdisk xenpure loads (it must fit in guest memory anyway).
 MAX_RAMDISK_BYTES = 1 << 30
 

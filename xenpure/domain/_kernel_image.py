@@ -203,14 +203,19 @@ class KernelImage:
         """Write bytes ``[offset, offset + len(dest))`` of the in-memory kernel (see ``flat``) into ``dest``:
         segment bytes where segments lie, zero elsewhere. No copy of the whole image is made."""
         end = offset + len(dest)
-        dest[:] = bytes(len(dest))
         src = memoryview(self.elf)
-        for seg in self.segments:
+        pos = offset  # everything before ``pos`` is written
+        for seg in self.segments:  # sorted by address, not overlapping
             lo = max(offset, seg.vaddr - self.virt_kstart)
             hi = min(end, seg.vaddr - self.virt_kstart + seg.filesz)
             if lo < hi:
+                if lo > pos:
+                    dest[pos - offset : lo - offset] = bytes(lo - pos)
                 at = seg.offset + lo - (seg.vaddr - self.virt_kstart)
                 dest[lo - offset : hi - offset] = src[at : at + hi - lo]
+                pos = hi
+        if pos < end:
+            dest[pos - offset :] = bytes(end - pos)
 
     def flat(self) -> bytearray:
         """The kernel as it lies in memory: ``[virt_kstart, virt_kend)`` with every segment copied in and the

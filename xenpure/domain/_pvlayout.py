@@ -279,13 +279,14 @@ def page_tables(layout: PvLayout, p2m: Sequence[int]) -> dict[int, bytes]:
             parent_start = 0 if level == 4 else child & ~(parent_span - 1)
             parent = where[(level, parent_start)]
             child_pfn = where[(level - 1, child)]
-            struct.pack_into("<Q", pages[parent], _index(child, level) * 8, (p2m[child_pfn] << 12) | LINK)
+            struct.pack_into("<Q", pages[parent], _index(child, level) * 8, (p2m[child_pfn] << 12) | int(LINK))
     pt = layout.page_tables
+    data, table = int(L1_DATA), int(L1_TABLE)  # plain ints: IntFlag arithmetic per entry is slow
     for pfn in range(layout.bootstrap_pages):
         va = vb + pfn * PAGE
         l1 = where[(1, va & ~((1 << 21) - 1))]
-        flags = L1_TABLE if pt.pfn <= pfn < pt.end_pfn else L1_DATA
-        struct.pack_into("<Q", pages[l1], _index(va, 1) * 8, (p2m[pfn] << 12) | flags)
+        flags = table if pt.pfn <= pfn < pt.end_pfn else data
+        struct.pack_into("<Q", pages[l1], ((va >> 12) & 511) * 8, (p2m[pfn] << 12) | flags)
     if layout.p2m_tables is not None:
         _p2m_tables(layout, p2m, pages, where[(4, 0)])
     return {pfn: bytes(b) for pfn, b in pages.items()}
@@ -303,12 +304,13 @@ def _p2m_tables(layout: PvLayout, p2m: Sequence[int], pages: dict[int, bytearray
         child_span, parent_span = 1 << shift, 1 << (shift + 9)
         for child in range(lo & ~(child_span - 1), hi, child_span):
             parent = l4 if level == 4 else where[(level, child & ~(parent_span - 1))]
-            entry = (p2m[where[(level - 1, child)]] << 12) | LINK
+            entry = (p2m[where[(level - 1, child)]] << 12) | int(LINK)
             struct.pack_into("<Q", pages[parent], _index(child, level) * 8, entry)
+    data = int(L1_DATA)
     for i in range(reg.count):
         va = lo + i * PAGE
         l1 = where[(1, va & ~((1 << 21) - 1))]
-        struct.pack_into("<Q", pages[l1], _index(va, 1) * 8, (p2m[reg.pfn + i] << 12) | L1_DATA)
+        struct.pack_into("<Q", pages[l1], ((va >> 12) & 511) * 8, (p2m[reg.pfn + i] << 12) | data)
 
 
 @dataclass(frozen=True)
