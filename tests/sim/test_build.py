@@ -142,6 +142,8 @@ def test_failure_at_any_step_rolls_back(sim_host: xenpure.Host, sim_xen: SimXen,
     with pytest.raises(BuildError, match=f"failed at step '{step}': injected") as ei:
         build_pv(sim_host, config(kernel), on_step=fail)
     assert ei.value.step == step and not ei.value.leftovers
+    if step not in ("createdomain", "max_mem", "populate_physmap", "event channels"):
+        assert "closed its event channels" in ei.value.rolled_back
     assert set(sim_xen.domains) == {0}
     assert len(sim_xen.memory.owner) == frames_before  # the guest's frames went with it
     xs = sim_host.xenstore

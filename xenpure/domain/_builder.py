@@ -249,7 +249,9 @@ class _Build:
         from ..evtchn import EvtchnOps
 
         ops = EvtchnOps(self.host.privcmd)
-        # Ports of the guest that dom0 (xenstored, xenconsoled) may bind; closed with the domain.
+        # Ports of the guest that dom0 (xenstored, xenconsoled) may bind. On rollback EVTCHNOP_reset closes
+        # every port of the guest before the domain goes (destroying it would close them too).
+        self.undo.append(("closed its event channels", lambda: ops.reset(self.domid)))
         self.report.store_evtchn = ops.alloc_unbound(self.domid, 0)
         self.report.console_evtchn = ops.alloc_unbound(self.domid, 0)
 
