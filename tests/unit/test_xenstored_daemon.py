@@ -139,6 +139,7 @@ def test_a_domain_over_an_in_process_ring(tmp_path: Path) -> None:
         d.add_ring(4, XenstoreRing(page, back=True), _Bell(b))
         with Client(RingDevice(XenstoreRing(page), _Bell(a), path="ring"), timeout=5) as xs:  # type: ignore[arg-type]
             xs.write("home", b"y" * 2000)  # twice the ring
+            assert XenstoreRing(page).server_features == 6  # ERROR | WATCHDEPTH
             assert xs.read("/local/domain/4/home") == b"y" * 2000
             with pytest.raises(E.NoSpace):
                 xs.write("home", b"y" * 2049)  # the node-size quota

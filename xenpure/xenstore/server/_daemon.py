@@ -35,7 +35,7 @@ from types import FrameType
 from typing import IO, Any
 
 from ...errors import ProtocolError
-from .._ring import Doorbell, RingErrorCode, XenstoreRing
+from .._ring import Doorbell, RingErrorCode, ServerFeature, XenstoreRing
 from .._server_core import Drop, Output, Send, ServerCore
 from .._wire import Framer, Message, XsType, decode_request
 from ._state import StateFile
@@ -175,6 +175,8 @@ class Xenstored:
                 self._add_socket(sock, domid, readonly, f"pair:dom{domid}")
             else:
                 _, ring, bell, domid = add
+                # What this server does on a ring: report a broken ring in `error`, and watch depths.
+                ring.server_features = ServerFeature.ERROR | ServerFeature.WATCHDEPTH
                 cid = self.core.connect(domid)
                 peer = _RingPeer(cid, domid, ring, bell, f"ring:dom{domid}")
                 self._peers[cid] = peer
