@@ -183,14 +183,14 @@ def test_xsa_415_no_orphaned_nodes(xs: Conn, xs2: Conn, base: str) -> None:
 def test_xsa_416_unread_replies_do_not_stop_the_server(target: Target, xs2: Conn, base: str) -> None:
     """XSA-416: a client sending requests without reading the replies made xenstored keep their
     memory. Others must still be served (the server may drop the greedy client)."""
-    xs2(W.Write(f"{base}/big", b"x" * 4000))
+    xs2(W.Write(f"{base}/big", b"x" * 2000))  # oxenstored limits dom0's values to 2048 bytes too
     hog = socket.socket(socket.AF_UNIX)
     hog.connect(target.path)
     hog.settimeout(2)
     with contextlib.suppress(OSError):
         for i in range(1000):
             hog.sendall(W.Read(f"{base}/big").encode(i))
-    assert xs2(W.Read(f"{base}/big")) == b"x" * 4000
+    assert xs2(W.Read(f"{base}/big")) == b"x" * 2000
     hog.close()
 
 
@@ -211,7 +211,9 @@ def test_xsa_417_419_a_dead_domains_nodes_are_removed(xs: Conn, guest: Guest, ba
 def test_xsa_418_deep_trees(xs: Conn, base: str) -> None:
     """XSA-418: deleting a deeply nested tree recursed and exhausted xenstored's stack."""
     path = base + "/d" * ((3072 - len(base)) // 2)
-    xs(W.Write(path, b"deep"))
+    if xs.err(W.Write(path, b"deep")) == "EINVAL":  # oxenstored allows 1024-byte paths
+        path = base + "/d" * ((1024 - len(base)) // 2)
+        xs(W.Write(path, b"deep"))
     assert xs(W.Read(path)) == b"deep"
     xs(W.Rm(f"{base}/d"))
     assert xs.err(W.Read(f"{base}/d")) == "ENOENT"

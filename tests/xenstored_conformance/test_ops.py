@@ -61,8 +61,8 @@ def test_rm_missing_is_fine_unless_the_parent_is_missing(xs: Conn, base: str) ->
 
 @pytest.mark.parametrize(
     "path",
-    ["/a//b", "/a/", "/local/domain/", "/a b", "/a\tb", "/" + "x" * 3100, "@notspecial/x"],
-    ids=["double-slash", "trailing-slash", "xsa481", "space", "tab", "too-long", "at-in-path"],
+    ["/a//b", "/a/", "/local/domain/", "/a b", "/a\tb", "/" + "x" * 3100],
+    ids=["double-slash", "trailing-slash", "xsa481", "space", "tab", "too-long"],
 )
 def test_invalid_paths_are_einval(xs: Conn, base: str, path: str) -> None:
     payload = path.encode() + b"\0"
@@ -76,11 +76,13 @@ def test_invalid_paths_are_einval(xs: Conn, base: str, path: str) -> None:
     assert xs(W.Read(base)) == b""  # the connection goes on
 
 
-def test_longest_path_is_accepted(xs: Conn, base: str) -> None:
+def test_longest_path_is_accepted(xs: Conn, target: Target, base: str) -> None:
     path = base + "/" + "p" * (3072 - len(base) - 1)
     assert len(path) == 3072
-    xs(W.Write(path, b"1"))
-    assert xs(W.Read(path)) == b"1"
+    result = xs.err(W.Write(path, b"1"))
+    accept(target, result, xenpure=None, seen=("EINVAL",))  # oxenstored: paths up to 1024 bytes
+    if result is None:
+        assert xs(W.Read(path)) == b"1"
 
 
 def test_set_and_get_perms(xs: Conn, base: str) -> None:
@@ -112,18 +114,19 @@ def test_unknown_and_server_only_types(xs: Conn, target: Target, base: str) -> N
     assert xs(W.Read(base)) == b""
 
 
-def test_a_payload_over_4096_closes_the_connection(xs: Conn, xs2: Conn, base: str) -> None:
+def test_a_payload_over_4096_closes_the_connection(xs: Conn, xs2: Conn, target: Target, base: str) -> None:
     xs.send_raw(HEADER.pack(XsType.WRITE, 1, 0, 4097) + b"/x\0" + b"v" * 4094)
-    assert xs.hung_up()
+    accept(target, xs.hung_up(), xenpure=True, seen=(False,))  # oxenstored 4.17 keeps the connection
     assert xs2(W.Read(base)) == b""  # the server lives on
 
 
-def test_a_payload_of_exactly_4096_is_served(xs: Conn, base: str) -> None:
+def test_a_payload_of_exactly_4096_is_served(xs: Conn, target: Target, base: str) -> None:
     path = f"{base}/max".encode()
     value = b"v" * (4096 - len(path) - 1)
     xs.send_raw(W.Message(XsType.WRITE, 5, 0, path + b"\0" + value).encode())
     m = xs.reply(5)
-    assert m.type is XsType.WRITE  # dom0 is not bound by the node-size quota
+    got = W.parse_error(m.payload) if m.type is XsType.ERROR else m.type.name
+    accept(target, got, xenpure="WRITE", seen=("E2BIG",))  # oxenstored's 2048-byte node size binds dom0 too
 
 
 def test_replies_carry_req_id_and_tx_id(xs: Conn, base: str) -> None:

@@ -13,9 +13,10 @@ Guest = Callable[[], tuple[int, Conn]]
 
 
 def test_quota_names_and_c_xenstored_defaults(xs: Conn) -> None:
-    names = optional(xs, W.ListQuotas())
+    # Probe with a payload: oxenstored 4.17 leaves an empty-payload request unanswered (seen in the lab).
+    assert optional(xs, W.GetQuota("nodes")) == 1000
+    names = xs(W.ListQuotas())
     assert {"nodes", "watches", "transactions", "node-size", "permissions"} <= set(names)
-    assert xs(W.GetQuota("nodes")) == 1000
     assert xs(W.GetQuota("watches")) == 128
     assert xs(W.GetQuota("node-size")) == 2048
     assert xs.err(W.GetQuota("no-such-quota")) == "EINVAL"
