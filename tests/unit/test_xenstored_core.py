@@ -262,3 +262,16 @@ def test_a_change_between_start_and_first_read_conflicts() -> None:
     ask(s, b, W.Write("/s", b"new"))
     assert ask(s, a, W.Read("/s"), tx_id=tid) == ("ok", b"old")
     assert ask(s, a, W.TransactionEnd(True), tx_id=tid) == ("err", "EAGAIN")
+
+
+def test_a_readable_watched_node_removed_with_an_unreadable_parent_is_reported() -> None:
+    # docs/misc/xenstore.txt: "an application may rely on being sent a watch when a path which it _is_ able
+    # to read is deleted even if that leaves only a nonexistent unreadable parent".
+    s, dom0, dom5 = guest_server()
+    s.call(dom0, W.Write("/p/mine", b""))
+    s.call(dom0, W.SetPerms("/p", (Perm(0, N),)))
+    s.call(dom0, W.SetPerms("/p/mine", (Perm(0, N), Perm(5, R))))
+    ask(s, dom5, W.Watch("/p/mine", "m"))
+    ask(s, dom5, W.Watch("/p", "p"))
+    _, out = s.call(dom0, W.Rm("/p"))
+    assert events(out, dom5) == [("/p/mine", "m")]

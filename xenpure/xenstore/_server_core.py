@@ -179,7 +179,9 @@ class Store:
         return s
 
 
-_Event = tuple[str, bool, tuple[Perm, ...]]  # (path, removal, the node's permissions when it changed)
+#: (path, removal, permissions): for a change the node's permissions then; for a removal those of every
+#: node removed, by path (whose permissions decide who hears of it).
+_Event = tuple[str, bool, "tuple[Perm, ...] | dict[str, tuple[Perm, ...]]"]
 
 
 @dataclass
@@ -523,9 +525,8 @@ class ServerCore:
                 if _parent(path) not in store.nodes:
                     raise _Fail("ENOENT", _parent(path))
                 return None
-            node = self._check(c, store, path, write=True)
-            self._rm(store, txn, path)
-            sink.append((path, True, node.perms))
+            self._check(c, store, path, write=True)
+            sink.append((path, True, self._rm(store, txn, path)))
             return None
         if isinstance(r, SetPerms):
             self._touch(txn, store, path)
@@ -589,9 +590,10 @@ class ServerCore:
             self._bump(store, txn, p, Node(value if p == path and value is not None else b"", perms))
         return True
 
-    def _rm(self, store: Store, txn: _Txn | None, path: str) -> list[str]:
-        """Remove ``path`` and everything below it (iteratively: depth costs no stack, XSA-418)."""
-        gone = [q for q in store.nodes if _is_child(q, path)]
+    def _rm(self, store: Store, txn: _Txn | None, path: str) -> dict[str, tuple[Perm, ...]]:
+        """Remove ``path`` and everything below it (iteratively: depth costs no stack, XSA-418); returns
+        the permissions each removed node had."""
+        gone = {q: n.perms for q, n in store.nodes.items() if _is_child(q, path)}
         for p in gone:
             self._touch(txn, store, p)
             store.put(p, None)
@@ -699,9 +701,8 @@ class ServerCore:
     def _fire(self, events: list[_Event], specials: list[tuple[str, int]]) -> list[Output]:
         out: list[Output] = []
         for path, removal, perms in events:
+            gone = perms if isinstance(perms, dict) else {path: perms}
             for c in list(self.connections.values()):
-                if not c.watches or not self._access(c, perms).can_read:
-                    continue  # XSA-115: nobody learns of a change to a node it may not read
                 for w in c.watches:
                     if w.path.startswith("@"):
                         continue
@@ -711,8 +712,13 @@ class ServerCore:
                             epath = path
                     elif removal and _is_child(w.path, path):
                         epath = w.path
-                    if epath is not None:
-                        out.append(Send(c.id, encode_watch_event(self._report(c, w, epath), w.token)))
+                    if epath is None:
+                        continue
+                    # XSA-115: nobody hears of a node it may not read. A watched node that went with a
+                    # removed parent is judged by its own permissions (docs/misc/xenstore.txt).
+                    if not self._access(c, gone.get(epath, gone[path])).can_read:
+                        continue
+                    out.append(Send(c.id, encode_watch_event(self._report(c, w, epath), w.token)))
         for name, domid in specials:
             for c in list(self.connections.values()):
                 if c.domid != 0 and not self._access(c, self.special_perms[name]).can_read:
@@ -781,8 +787,7 @@ class ServerCore:
         for p in owned:
             node = store.nodes.get(p)
             if node is not None and _parent(p) in store.nodes:  # not already gone with an owned ancestor
-                self._rm(store, None, p)
-                events.append((p, True, node.perms))
+                events.append((p, True, self._rm(store, None, p)))
         for p, n in list(store.nodes.items()):
             if any(e.domid == domid for e in n.perms[1:]):
                 kept = (n.perms[0], *(e for e in n.perms[1:] if e.domid != domid))
