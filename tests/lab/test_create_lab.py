@@ -235,3 +235,22 @@ def test_create_speed_against_xl(host: xenpure.Host, lab_config: DomainConfig, l
         rows.append((kernel, t_xl, t_xp))
     for kernel, t_xl, t_xp in rows:
         print(f"BENCH create-to-paused {kernel}: xl {t_xl:.2f} s, xenpure {t_xp:.2f} s, ratio {t_xp / t_xl:.2f}")
+
+
+def test_cli_create(lab_guest_dir: Path, tmp_path: Path, names: Callable[[str], str], xl: Any, wait: Any) -> None:
+    """`xenpure create FILE` on the lab's own xl.cfg (renamed), then `xenpure destroy`."""
+    import subprocess
+
+    name = names("cli")
+    cfg = tmp_path / "g.cfg"
+    text = (lab_guest_dir / "guest.cfg").read_text()
+    cfg.write_text("\n".join(f'name = "{name}"' if line.startswith("name") else line for line in text.splitlines()))
+    out = subprocess.run(["python3", "-m", "xenpure", "create", str(cfg)], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert f"created domain {name}" in out.stdout
+    wait_marker(name)
+    assert xl.list()[name].mem_mib == 128
+    out = subprocess.run(["python3", "-m", "xenpure", "destroy", name], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    wait(lambda: xl.domid(name) is None, 60, f"{name} to leave xl list")

@@ -258,3 +258,18 @@ def test_init_p2m_kernel_builds_with_the_p2m_at_its_address(sim_host: xenpure.Ho
     raw = view.read_va(si.mfn_list, 8 * 32 * 256)
     assert [int.from_bytes(raw[i * 8 : i * 8 + 8], "little") for i in range(32 * 256)] == [
         view.p2m[i] for i in range(32 * 256)]
+
+
+def test_cli_create(tmp_path: Path, kernel: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from xenpure.cli import main
+
+    cfg = tmp_path / "g.cfg"
+    cfg.write_text(f'name="cli1"\nmemory=32\nkernel="{kernel}"\n')
+    assert main(["create", "--sim", str(cfg), "--paused"]) == 0
+    assert "created domain cli1 (id 1) paused" in capsys.readouterr().out
+    cfg.write_text(f'name="cli1"\nmemory=32\nkernel="{kernel}"\nvif=["bridge=xenbr0"]\n')
+    assert main(["create", "--sim", str(cfg)]) == 1
+    assert "vif is an xl.cfg key xenpure does not support" in capsys.readouterr().err
+    cfg.write_text(f'name="cli1"\nmemory=32\nkernel="{cfg}"\n')
+    assert main(["create", "--sim", str(cfg)]) == 1
+    assert "neither an ELF image nor a bzImage" in capsys.readouterr().err
