@@ -1,9 +1,10 @@
 """Building a 64-bit PV domain from Python: the hypercall sequence, with rollback.
 
-Rule 1: every step is named, and a failure at any step undoes every earlier one -- the domain is destroyed,
-its xenstore entries are removed, xenstored forgets it -- before ``BuildError`` (naming the step and the
-cause) leaves. Everything that can be checked without Xen (the config, the kernel, the layout) is checked
-before the first hypercall, so a broken kernel never creates a domain.
+Rule 1: every step is named, and a failure at any step undoes every earlier one -- xenstored forgets the
+domain, its xenstore entries are removed, its event channels are closed (EVTCHNOP_reset), the domain is
+destroyed -- before ``BuildError`` (naming the step and the cause) leaves. Everything that can be checked
+without Xen (the config, the kernel, the layout) is checked before the first hypercall, so a broken kernel
+never creates a domain.
 
 The sequence (each a step name in ``BuildError`` and in the ``on_step`` trace)::
 
@@ -15,12 +16,14 @@ The sequence (each a step name in ``BuildError`` and in the ``on_step`` trace)::
     address_size       XEN_DOMCTL_set_address_size 64: a 64-bit PV guest
     populate_physmap   XENMEM_populate_physmap of every pfn; Xen answers each pfn's MFN (the p2m)
     event channels     EVTCHNOP_alloc_unbound twice in the guest, for dom0: xenstore and console
-    load memory        PRIVCMD_MMAPBATCH_V2 of the guest's frames; copy in the kernel, ramdisk, p2m list,
-                       start_info, zeroed ring pages, page tables and stack; unmap
+    load memory        PRIVCMD_MMAPBATCH_V2 of the guest's frames; copy in the kernel, ramdisk, p2m list
+                       (at INIT_P2M when the kernel asks), start_info, zeroed ring pages, page tables and
+                       stack; unmap (Xen will not pin a table that dom0 still maps writable)
     shared info        map the shared info page; mask event upcalls on every vcpu slot
     pin page tables    MMUEXT_PIN_L4_TABLE on the L4 (Xen validates every level; nothing maps a table RW)
-    grant table        IOCTL_PRIVCMD_MMAP_RESOURCE of grant table frame 0; entries GNTTAB_RESERVED_CONSOLE
-                       and GNTTAB_RESERVED_XENSTORE grant dom0 the two ring pages
+    grant table        IOCTL_PRIVCMD_MMAP_RESOURCE of grant table frame 0 (else GNTTABOP_setup_table's frame
+                       mapped with MMAPBATCH_V2); entries GNTTAB_RESERVED_CONSOLE and GNTTAB_RESERVED_XENSTORE
+                       grant dom0 the two ring pages
     setvcpucontext     XEN_DOMCTL_setvcpucontext of vcpu 0 (rip, rsp, rsi, cr3)
     xenstore           the toolstack's entries (/local/domain/<id>/..., /vm/<uuid>, /libxl/<id>)
     introduce          XS_INTRODUCE: xenstored maps the ring and serves the guest; xenconsoled sees
@@ -54,7 +57,7 @@ from ._pvlayout import PAGE, LayoutError, PvLayout, p2m_bytes, page_tables, plan
 if TYPE_CHECKING:
     from ._host import Host
 
-__all__ = ["BuildError", "BuildReport", "build_pv", "prepare"]
+__all__ = ["BuildError", "BuildReport", "Prepared", "build_pv", "prepare"]
 
 log = logging.getLogger("xenpure.domain.build")
 
