@@ -75,7 +75,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # This hook sees the whole session's items: touch only those in this folder.
-    ours = [item for item in items if HERE in Path(str(item.fspath)).resolve().parents]
+    ours = [item for item in items if HERE in item.path.resolve().parents]
     skip = None if in_dom0() else pytest.mark.skip(reason=SKIP_REASON)
     for item in ours:
         item.add_marker(pytest.mark.lab)
