@@ -130,3 +130,23 @@ def test_cli_in_dom0(guest, xl) -> None:  # type: ignore[no-untyped-def]
     guest.wait_console()
     out = run("shutdown", "--wait", "--timeout", "120", guest.name)
     assert out.returncode == 0, out.stderr
+
+
+def test_reboot_is_restarted_by_xl(host: xenpure.Host, guest, xl, wait) -> None:  # type: ignore[no-untyped-def]
+    guest.wait_console()
+    d = host.domain(guest.domid)
+    info = d.reboot(wait=True, timeout=120)
+    assert info is None or info.shutdown_reason is ShutdownReason.reboot
+    # xl's on_reboot="restart" builds it again under the same name, with a new domid.
+    wait(lambda: (xl.domid(guest.name) or guest.domid) != guest.domid, 120, f"{guest.name} to come back")
+    assert host.domain(guest.name).id == xl.domid(guest.name)
+
+
+def test_set_max_memory_shows_in_the_c_binding(host: xenpure.Host, guest) -> None:  # type: ignore[no-untyped-def]
+    sys.path.insert(0, "/usr/lib/xen-4.17/lib/python")
+    import xen.lowlevel.xc as xc_mod  # type: ignore[import-not-found]
+
+    d = host.domain(guest.domid)
+    d.set_max_memory(192 * 1024)
+    (row,) = [r for r in xc_mod.xc().domain_getinfo() if r["domid"] == guest.domid]
+    assert row["maxmem_kb"] == 192 * 1024 == d.info().max_memory_kib
