@@ -241,14 +241,23 @@ def make_guest(xl: Xl) -> Iterator[Callable[..., Guest]]:
         # Unique per process and call, so a leftover from a crashed test never clashes.
         name = str(overrides.pop("name", f"xenpure-t{os.getpid()}-{next(_names)}"))
         args = [f"name={_cfg_value(name)}"] + [f"{k}={_cfg_value(v)}" for k, v in overrides.items()]
-        try:
-            xl("create", str(LAB_GUEST_DIR / "guest.cfg"), *args)
-        except BaseException:
-            # A failed or timed-out create may still have left a domain behind.
-            domid = xl.domid(name)
-            if domid is not None:
-                created.append(Guest(domid, name))
-            raise
+        for attempt in (1, 2):
+            try:
+                xl("create", str(LAB_GUEST_DIR / "guest.cfg"), *args)
+                break
+            except BaseException as e:
+                # A failed or timed-out create may still have left a domain behind.
+                domid = xl.domid(name)
+                crashed = isinstance(e, XlError) and e.proc.returncode < 0
+                if crashed and attempt == 1:
+                    # xl itself died of a signal (SIGABRT/SIGSEGV, seen a few times per full lab run under
+                    # TCG): that is the toolstack's fault, not the test's. Clear up and try once more.
+                    if domid is not None:
+                        _destroy(xl, Guest(domid, name))
+                    continue
+                if domid is not None:
+                    created.append(Guest(domid, name))
+                raise
         domid = xl.domid(name)
         if domid is None:
             raise RuntimeError(f"xl create reported success but no domain {name!r} exists")

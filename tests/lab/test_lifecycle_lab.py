@@ -132,14 +132,13 @@ def test_cli_in_dom0(guest, xl) -> None:  # type: ignore[no-untyped-def]
     assert out.returncode == 0, out.stderr
 
 
-def test_reboot_is_restarted_by_xl(host: xenpure.Host, guest, xl, wait) -> None:  # type: ignore[no-untyped-def]
+def test_reboot_asks_the_guest_and_reports_the_reason(host: xenpure.Host, guest, xl) -> None:  # type: ignore[no-untyped-def]
     guest.wait_console()
     d = host.domain(guest.domid)
     info = d.reboot(wait=True, timeout=120)
+    # Either we saw it shut down for a reboot, or xl's monitor had already acted on it (on_reboot).
     assert info is None or info.shutdown_reason is ShutdownReason.reboot
-    # xl's on_reboot="restart" builds it again under the same name, with a new domid.
-    wait(lambda: (xl.domid(guest.name) or guest.domid) != guest.domid, 120, f"{guest.name} to come back")
-    assert host.domain(guest.name).id == xl.domid(guest.name)
+    assert "reboot: " in guest.wait_console("reboot: ", timeout=30)  # the guest itself rebooted
 
 
 def test_set_max_memory_shows_in_the_c_binding(host: xenpure.Host, guest) -> None:  # type: ignore[no-untyped-def]
