@@ -26,61 +26,32 @@ from ..hypercall.abi.linux_gntalloc import (
     GntallocFlag,
 )
 from ..kernel import Device, Kernel, Mapping
-from ._gntdev import PAGE, unmap_notify_args
+from ._gntdev import PAGE, _MappedPages
 
 __all__ = ["GrantAllocator", "GrantShare"]
 
 
-class GrantShare:
+class GrantShare(_MappedPages):
     """Pages of ours granted to ``domid``: ``refs`` to hand to the peer, ``view`` to fill. ``close()`` (or
-    ``with``) ends the share."""
+    ``with``) munmaps them (the notification fires) and then ends the grants (xengntshr_unshare)."""
+
+    _WHAT = "grant share"
+    _NOTIFY_IOCTL = IOCTL_GNTALLOC_SET_UNMAP_NOTIFY
+    _NOTIFY_RECORD = UNMAP_NOTIFY
 
     def __init__(self, alloc: GrantAllocator, domid: int, refs: Sequence[int], index: int, mapping: Mapping,
                  writable: bool) -> None:
+        super().__init__(index, len(refs), mapping)
         self.allocator = alloc
         self.domid = domid
         self.refs = tuple(refs)
-        self.index = index
         self.writable = writable
-        self._mapping: Mapping | None = mapping
 
-    @property
-    def view(self) -> memoryview:
-        if self._mapping is None:
-            raise ValueError("grant share is closed")
-        return self._mapping.view
+    def _device(self) -> Device:
+        return self.allocator.device
 
-    @property
-    def closed(self) -> bool:
-        return self._mapping is None
-
-    def notify_on_unmap(self, offset: int | None = None, port: int | None = None) -> None:
-        """When our mapping goes (close, or this process dying), have the driver clear the byte at ``offset``
-        and/or notify event channel ``port`` (``IOCTL_GNTALLOC_SET_UNMAP_NOTIFY``): how the peer learns we
-        are gone. Raises ``InvalidArgument`` for a port not bound in dom0."""
-        if self._mapping is None:
-            raise ValueError("grant share is closed")
-        action, off, p = unmap_notify_args(offset, port)
-        if offset is not None and offset >= len(self.refs) * PAGE:
-            raise ValueError(f"offset {offset} is outside the {len(self.refs)} shared pages")
-        arg = UNMAP_NOTIFY.layout().build(index=self.index + off, action=int(action), event_channel_port=p)
-        device_ioctl(self.allocator.device, IOCTL_GNTALLOC_SET_UNMAP_NOTIFY, bytearray(arg))
-
-    def close(self) -> None:
-        """munmap (the notification fires), then end the grants (xengntshr_unshare). Idempotent."""
-        mapping, self._mapping = self._mapping, None
-        if mapping is None:
-            return
-        try:
-            mapping.close()
-        finally:
-            self.allocator._dealloc(self.index, len(self.refs))
-
-    def __enter__(self) -> GrantShare:
-        return self
-
-    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
-        self.close()
+    def _release(self) -> None:
+        self.allocator._dealloc(self.index, len(self.refs))
 
     def __repr__(self) -> str:
         state = "closed" if self._mapping is None else f"refs {list(self.refs)}"

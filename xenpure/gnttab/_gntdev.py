@@ -13,6 +13,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any, Self
 
 from ..errors import HypercallError, NotSupported, ProtocolError, XenError
 from ..hypercall._device import device_ioctl, flat_codec, member_codec
@@ -84,62 +85,91 @@ def unmap_notify_args(offset: int | None, port: int | None) -> tuple[UnmapNotify
     return action, offset or 0, port or 0
 
 
-class GrantMapping:
-    """Grants mapped into this process. ``view`` is the memoryview of the pages (read-only for a read-only
-    mapping). ``close()`` (or ``with``) unmaps them; the view must not be used afterwards."""
+class _MappedPages:
+    """Pages a grant driver mapped at an mmap offset (``index``) of its device: what a gntdev mapping and a
+    gntalloc share have in common. A subclass names its driver's unmap-notify ioctl and record, and says how
+    to release the offset once the pages are unmapped."""
 
-    def __init__(self, device: GrantDevice, grants: Sequence[GrantRef], index: int, mapping: Mapping,
-                 readonly: bool) -> None:
-        self.device = device
-        self.grants = tuple(grants)
+    _WHAT = "grant pages"
+    _NOTIFY_IOCTL: Any = IOCTL_GNTDEV_SET_UNMAP_NOTIFY
+    _NOTIFY_RECORD: Any = UNMAP_NOTIFY
+
+    def __init__(self, index: int, pages: int, mapping: Mapping) -> None:
         self.index = index
-        self.readonly = readonly
+        self._pages = pages
         self._mapping: Mapping | None = mapping
+
+    def _live(self) -> Mapping:
+        if self._mapping is None:
+            raise ValueError(f"{self._WHAT} is closed")
+        return self._mapping
 
     @property
     def view(self) -> memoryview:
-        if self._mapping is None:
-            raise ValueError("grant mapping is closed")
-        return self._mapping.view
-
-    @property
-    def address(self) -> int:
-        """Where the pages are mapped in this process."""
-        if self._mapping is None:
-            raise ValueError("grant mapping is closed")
-        return self._mapping.address
+        return self._live().view
 
     @property
     def closed(self) -> bool:
         return self._mapping is None
 
+    def _device(self) -> Device:
+        raise NotImplementedError
+
+    def _release(self) -> None:
+        raise NotImplementedError
+
     def notify_on_unmap(self, offset: int | None = None, port: int | None = None) -> None:
-        """When this mapping goes, have the driver clear the byte at ``offset`` (of the mapped range) and/or
-        notify event channel ``port`` (``IOCTL_GNTDEV_SET_UNMAP_NOTIFY``): how a peer learns we are gone,
-        even if this process dies. Raises ``InvalidArgument`` for a port not bound in dom0."""
-        if self._mapping is None:
-            raise ValueError("grant mapping is closed")
+        """When these pages are unmapped (close, or this process dying), have the driver clear the byte at
+        ``offset`` and/or notify event channel ``port`` (``IOCTL_GNTDEV_SET_UNMAP_NOTIFY`` or
+        ``IOCTL_GNTALLOC_SET_UNMAP_NOTIFY``): how the peer learns we are gone. Raises ``InvalidArgument`` for
+        a port not bound in dom0."""
+        self._live()
         action, off, p = unmap_notify_args(offset, port)
-        if offset is not None and offset >= len(self.grants) * PAGE:
-            raise ValueError(f"offset {offset} is outside the {len(self.grants)} mapped pages")
-        arg = UNMAP_NOTIFY.layout().build(index=self.index + off, action=int(action), event_channel_port=p)
-        device_ioctl(self.device.device, IOCTL_GNTDEV_SET_UNMAP_NOTIFY, bytearray(arg))
+        if offset is not None and offset >= self._pages * PAGE:
+            raise ValueError(f"offset {offset} is outside the {self._pages} pages of this {self._WHAT}")
+        arg = self._NOTIFY_RECORD.layout().build(index=self.index + off, action=int(action), event_channel_port=p)
+        device_ioctl(self._device(), self._NOTIFY_IOCTL, bytearray(arg))
 
     def close(self) -> None:
-        """munmap (Xen unmaps the grants; the notification fires), then release the mmap offset. Idempotent."""
+        """munmap (Xen unmaps the grants; a notification fires), then release the mmap offset. Idempotent."""
         mapping, self._mapping = self._mapping, None
         if mapping is None:
             return
         try:
             mapping.close()
         finally:
-            self.device._release(self.index, len(self.grants))
+            self._release()
 
-    def __enter__(self) -> GrantMapping:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
+
+
+class GrantMapping(_MappedPages):
+    """Grants mapped into this process. ``view`` is the memoryview of the pages (read-only for a read-only
+    mapping). ``close()`` (or ``with``) unmaps them; the view must not be used afterwards."""
+
+    _WHAT = "grant mapping"
+
+    def __init__(self, device: GrantDevice, grants: Sequence[GrantRef], index: int, mapping: Mapping,
+                 readonly: bool) -> None:
+        super().__init__(index, len(grants), mapping)
+        self.device = device
+        self.grants = tuple(grants)
+        self.readonly = readonly
+
+    @property
+    def address(self) -> int:
+        """Where the pages are mapped in this process."""
+        return self._live().address
+
+    def _device(self) -> Device:
+        return self.device.device
+
+    def _release(self) -> None:
+        self.device._release(self.index, len(self.grants))
 
     def __repr__(self) -> str:
         state = "closed" if self._mapping is None else f"{len(self.grants)} page(s)"
