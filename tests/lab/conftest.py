@@ -163,9 +163,19 @@ class Xl:
         return parse_xl_info(self("info"))
 
     def domid(self, name: str) -> int | None:
-        """The domid of a running domain called name, or None."""
-        proc = self.run("domid", name)
-        return int(proc.stdout) if proc.returncode == 0 else None
+        """The domid of a running domain called name, or None.
+
+        `xl` itself occasionally dies of a signal under TCG (SIGABRT, a few times per full lab
+        run). A crashed `xl domid` says nothing about the domain, so it is asked again rather
+        than read as "no such domain"; only a clean non-zero exit means absent.
+        """
+        for _ in range(3):
+            proc = self.run("domid", name)
+            if proc.returncode == 0:
+                return int(proc.stdout)
+            if proc.returncode > 0:
+                return None
+        raise XlError(proc)
 
 
 @pytest.fixture(scope="session")
@@ -260,7 +270,11 @@ def make_guest(xl: Xl) -> Iterator[Callable[..., Guest]]:
                 raise
         domid = xl.domid(name)
         if domid is None:
-            raise RuntimeError(f"xl create reported success but no domain {name!r} exists")
+            console = Guest(-1, name).console().splitlines()[-20:]
+            raise RuntimeError(
+                f"xl create reported success but no domain {name!r} exists (crashed at once and destroyed by"
+                f" on_crash?); xl list:\n{xl.run('list').stdout}console tail:\n" + "\n".join(console)
+            )
         created.append(Guest(domid, name))
         return created[-1]
 
