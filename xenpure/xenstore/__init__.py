@@ -19,6 +19,7 @@ from __future__ import annotations
 from ._aio import AsyncClient, AsyncTransaction
 from ._client import DEFAULT_SOCKET, DEFAULT_TIMEOUT, Client, Transaction, socket_candidates
 from ._client_core import ClientCore, Closed, ErrorReply, Event, Reply, WatchEvent
+from ._doorbell import EvtchnDoorbell
 from ._ring import (
     XENSTORE_RING_SIZE,
     ConnectionState,
@@ -92,6 +93,7 @@ __all__ = [
     "Doorbell",
     "ErrorReply",
     "Event",
+    "EvtchnDoorbell",
     "Framer",
     "GetDomainPath",
     "GetFeature",
