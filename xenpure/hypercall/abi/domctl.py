@@ -20,6 +20,7 @@ __all__ = [
     "DOMCTL_VERSIONS",
     "GETDOMAININFO",
     "GETVCPUINFO",
+    "HYPERCALL_INIT",
     "MAX_MEM",
     "MAX_VCPUS",
     "SETTIMEOFFSET",
@@ -50,6 +51,7 @@ class DomctlCmd(IntEnum):
     getvcpucontext = 13
     getvcpuinfo = 14
     max_vcpus = 15
+    hypercall_init = 22
     settimeoffset = 24
     getvcpuaffinity = 25
     resumedomain = 27
@@ -186,6 +188,15 @@ VCPUAFFINITY = Decl(
     family="domctl",
 )
 
+HYPERCALL_INIT = Decl(
+    "xen_domctl_hypercall_init",
+    "domctl.h",
+    (F("gmfn", u64),),
+    family="domctl",
+    doc="XEN_DOMCTL_hypercall_init: Xen fills the domain's page gmfn (a PV guest's MFN) with hypercall stubs, "
+    "32 bytes per hypercall number (arch-x86/xen-x86_64.h).",
+)
+
 SETTIMEOFFSET = Decl(
     "xen_domctl_settimeoffset", "domctl.h", (F("time_offset_seconds", i64),), family="domctl"
 )
@@ -211,6 +222,7 @@ DOMCTL = Decl(
                     F("vcpucontext", VCPUCONTEXT),
                     F("getvcpuinfo", GETVCPUINFO),
                     F("max_vcpus", MAX_VCPUS),
+                    F("hypercall_init", HYPERCALL_INIT),
                     F("settimeoffset", SETTIMEOFFSET),
                     F("address_size", ADDRESS_SIZE),
                 ),
@@ -247,6 +259,7 @@ _PAYLOAD: dict[DomctlCmd, Decl | None] = {
     DomctlCmd.getvcpucontext: VCPUCONTEXT,
     DomctlCmd.getvcpuinfo: GETVCPUINFO,
     DomctlCmd.max_vcpus: MAX_VCPUS,
+    DomctlCmd.hypercall_init: HYPERCALL_INIT,
     DomctlCmd.settimeoffset: SETTIMEOFFSET,
     DomctlCmd.set_address_size: ADDRESS_SIZE,
     DomctlCmd.get_address_size: ADDRESS_SIZE,
