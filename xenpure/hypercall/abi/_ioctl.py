@@ -1,5 +1,5 @@
 """Linux ioctl numbers, computed the way the kernel's ``_IOC`` macro computes them, and one registry of
-every ioctl xenpure declares (privcmd, evtchn, gntdev, gntalloc).
+every ioctl xenpure declares (privcmd, evtchn, gntdev, gntalloc, xenbus_backend).
 
 Rule 1: an ioctl number is computed from its argument record's declared size, never written as a literal,
 so a layout error shows up as a wrong ioctl number (ENOTTY), never as silent corruption; and every
