@@ -21,7 +21,14 @@ from xenpure import errors as E
 from xenpure.xenstore import AsyncClient, Client, WatchEvent
 from xenpure.xenstore import _wire as W
 from xenpure.xenstore._client_core import ClientCore, Reply
-from xenpure.xenstore._ring import LAYOUT, XENSTORE_RING_SIZE, RingDevice, ServerFeature, XenstoreRing
+from xenpure.xenstore._ring import (
+    LAYOUT,
+    XENSTORE_RING_SIZE,
+    RingDevice,
+    RingErrorCode,
+    ServerFeature,
+    XenstoreRing,
+)
 from xenpure.xenstore._server_core import Send, ServerCore
 
 _C = r"""
@@ -247,3 +254,113 @@ def test_a_client_over_a_ring_device() -> None:
         t.join(5)
         a.close()
         b.close()
+
+
+class Backend:
+    """A xenstored loop over the back end of a ring that also does what docs/misc/xenstore-ring.txt asks of a
+    server on a reconnection request (empty both halves, forget the connection, say connected, ring)."""
+
+    def __init__(self, buf: bytearray, bell: SocketBell, features: ServerFeature) -> None:
+        self.ring = XenstoreRing(buf, back=True)
+        self.ring.server_features = features
+        self.dev = RingDevice(self.ring, bell, path="ring:back")
+        self.server = ServerCore()
+        self.conn = self.server.connect(0)
+        self.resets = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            select.select([self.dev.fileno()], [], [], 0.05)
+            if self.ring.connection == 1:
+                self.server.disconnect(self.conn)
+                self.conn = self.server.connect(0)
+                self.ring.reset(12345)
+                self.ring.connection = 0
+                self.resets += 1
+                self.dev.bell.notify()
+                continue
+            try:
+                data = self.dev.read(4096)
+            except BlockingIOError:
+                continue
+            for out in self.server.receive_data(self.conn, data):
+                assert isinstance(out, Send)
+                view = memoryview(out.data)
+                while view:
+                    view = view[self.dev.write(bytes(view)) :]
+
+    def __enter__(self) -> Backend:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(5)
+
+
+def test_the_front_end_honours_the_error_indicator_only_when_advertised() -> None:
+    buf = page(2**32 - 7)
+    a, b = socket.socketpair()
+    with Backend(buf, SocketBell(b), ServerFeature(0)) as back:
+        back.ring.error = RingErrorCode.RINGIDX  # not advertised: meaningless, the front end ignores it
+        front = RingDevice(XenstoreRing(buf), SocketBell(a), path="ring:front")
+        with Client(front, timeout=5) as xs:  # type: ignore[arg-type]
+            xs.write("/e", "1")
+            assert xs.read("/e") == b"1"
+            back.ring.server_features = ServerFeature.ERROR  # advertised now: the error counts
+            with pytest.raises(E.ConnectionClosed, match=r"ring:front.*2 \(XENSTORE_ERROR_RINGIDX\)"):
+                xs.read("/e")  # refused before anything is written
+            back.dev.bell.notify()  # a waiting reader is woken and told, not left to its timeout
+            with pytest.raises(E.ConnectionClosed, match="RINGIDX"):
+                xs.next_watch_event(timeout=5)
+            back.ring.error = 99
+            with pytest.raises(E.ConnectionClosed, match="99 \\(not a XENSTORE_ERROR_"):
+                xs.read("/e")
+    a.close()
+    b.close()
+
+
+def test_reconnection() -> None:
+    buf = page(500)
+    a, b = socket.socketpair()
+    with Backend(buf, SocketBell(b), ServerFeature.RECONNECTION | ServerFeature.ERROR) as back:
+        front = RingDevice(XenstoreRing(buf), SocketBell(a), path="ring:front")
+        xs = Client(front, timeout=5)  # type: ignore[arg-type]
+        xs.write("/r", "kept")
+        xs.watch("/r", "t")
+        assert xs.next_watch_event() == WatchEvent("/r", "t")
+        front.reconnect(timeout=5)
+        assert back.resets == 1 and front.ring.connection == 0
+        assert front.ring.readable() == 0 and front.ring.writable() == XENSTORE_RING_SIZE
+        xs = Client(front, timeout=5)  # type: ignore[arg-type]
+        assert xs.read("/r") == b"kept"  # the store is kept; the connection's watch is gone
+        xs.write("/r", "changed")
+        with pytest.raises(E.Timeout):
+            xs.next_watch_event(timeout=0.3)
+        # Someone else asked for a reconnection (a previous kernel, a crash kernel): the front end waits
+        # for xenstored instead of reading a ring that is being reset.
+        back.stop.set()
+        back.thread.join(5)
+        front.ring.connection = 1
+        front.bell.notify()
+        with pytest.raises(BlockingIOError, match="reconnection is in progress"):
+            front.read(10)
+        with pytest.raises(E.Timeout, match="did not reset"):
+            front.reconnect(timeout=0.2)
+    a.close()
+    b.close()
+
+
+def test_reconnection_needs_the_feature() -> None:
+    buf = page()
+    a, b = socket.socketpair()
+    front = RingDevice(XenstoreRing(buf), SocketBell(a))
+    with pytest.raises(E.XenstoreNotSupported, match="RECONNECTION"):
+        front.reconnect(timeout=1)
+    assert front.ring.connection == 0  # nothing was asked
+    with pytest.raises(PermissionError):
+        RingDevice(XenstoreRing(buf, back=True), SocketBell(b)).reconnect(timeout=1)
+    a.close()
+    b.close()

@@ -238,6 +238,8 @@ class AsyncClient(_AsyncNodeOps):
             while view:
                 n = self.device.write(bytes(view))
                 view = view[n:]
+        except ConnectionClosed:
+            raise  # the device said why (a ring's error indicator)
         except (BrokenPipeError, ConnectionResetError) as e:
             raise ConnectionClosed(f"xenstored closed the connection on {self.device.path}") from e
 

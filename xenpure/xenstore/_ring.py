@@ -12,7 +12,13 @@ Layout (io/xs_wire.h, docs/misc/xenstore-ring.txt): ``req[1024]`` at 0, ``rsp[10
 byte with index ``i`` lives at ``i % 1024``.
 
 The peer is not trusted: each index it owns is read once per call, and a producer more than 1024 bytes
-ahead of its consumer raises ``ProtocolError`` (the back end then reports XENSTORE_ERROR_RINGIDX). Python
+ahead of its consumer raises ``ProtocolError`` (the back end then reports XENSTORE_ERROR_RINGIDX).
+
+The signalling fields (docs/misc/xenstore-ring.txt) are honoured by the front end of a ``RingDevice`` only
+where the back end advertised them in ``server_features``: a non-zero ``error`` (feature ERROR) means
+xenstored stopped serving the ring, and every read or write then raises ``ConnectionClosed`` naming it;
+while ``connection`` is XENSTORE_RECONNECT (feature RECONNECTION) nothing but that field is looked at, and
+``RingDevice.reconnect`` asks for such a reset and waits for it. Python
 gives no memory barriers; data is copied before the index that publishes it is stored, and the index read
 before the data it covers, which is the order x86's TSO needs. Other architectures need more than this.
 """
@@ -21,12 +27,13 @@ from __future__ import annotations
 
 import enum
 import errno
+import select
 import struct
 import time
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..errors import ProtocolError
+from ..errors import ConnectionClosed, ProtocolError, Timeout, XenstoreNotSupported
 
 __all__ = [
     "XENSTORE_RING_SIZE",
@@ -228,6 +235,10 @@ class RingDevice:
     notifications (they belong to the reader): when the ring is full it polls for space
     every ``poll`` seconds, which is rare (a message is at most 4112 bytes, the ring 1024, and the peer
     drains it as soon as it is notified).
+
+    On the front end, both raise ``ConnectionClosed`` once xenstored has set the ring's ``error`` (it
+    advertises ERROR), and both hold off (``read`` says "nothing yet", ``write`` waits) while a reconnection
+    is in progress (``connection`` is XENSTORE_RECONNECT and xenstored advertises RECONNECTION).
     """
 
     def __init__(
@@ -244,12 +255,24 @@ class RingDevice:
             raise ValueError(f"{self.path} is closed")
         return self.bell.fileno()
 
+    def _usable(self) -> bool:
+        """Front end: raise ``ConnectionClosed`` if xenstored gave up on the ring; False while a
+        reconnection is in progress (the ring's other fields mean nothing then). The back end: always True."""
+        if self.ring.back:
+            return True
+        features = self.ring.server_features
+        if ServerFeature.ERROR in features and (err := self.ring.error):
+            raise ConnectionClosed(f"xenstored stopped serving {self.path}: its error indicator is {_error_name(err)}")
+        return not (ServerFeature.RECONNECTION in features and self.ring.connection == ConnectionState.RECONNECT)
+
     def read(self, n: int) -> bytes:
         """Bytes from the ring; ``BlockingIOError`` (EAGAIN) if there are none yet (the notification was
         for something else, e.g. the peer freeing space): wait on ``fileno`` again, as on a non-blocking
         socket. Never ``b""``, which would mean the end of the stream."""
         self.fileno()
         self.bell.ack()  # before looking at the ring, so a notification that races with us is not lost
+        if not self._usable():
+            raise BlockingIOError(errno.EAGAIN, f"{self.path}: a reconnection is in progress")
         data = self.ring.read(n)
         if not data:
             raise BlockingIOError(errno.EAGAIN, "no data in the xenstore ring yet")
@@ -258,13 +281,40 @@ class RingDevice:
 
     def write(self, data: bytes) -> int:
         while True:
-            n = self.ring.write(data)
-            if n:
-                self.bell.notify()
-                return n
             if self._closed:
                 raise ValueError(f"{self.path} is closed")
+            if self._usable():
+                n = self.ring.write(data)
+                if n:
+                    self.bell.notify()
+                    return n
             time.sleep(self._poll)
+
+    def reconnect(self, timeout: float) -> None:
+        """Front end: ask xenstored to reset the ring (docs/misc/xenstore-ring.txt, "ring reconnection") and
+        wait until it has. Afterwards both halves are empty and the connection has no watches, transactions
+        or requests in flight: drive it with a new ``Client`` (the old one's requests will never be answered).
+
+        Raises ``XenstoreNotSupported`` if xenstored does not advertise RECONNECTION, ``Timeout`` if it does
+        not finish within ``timeout`` seconds, ``ConnectionClosed`` if it reports an error instead.
+        """
+        if self.ring.back:
+            raise PermissionError("only the guest (the front end) asks for a reconnection")
+        if ServerFeature.RECONNECTION not in self.ring.server_features:
+            raise XenstoreNotSupported(
+                "ENOSYS", "ring reconnection", None, f"xenstored does not advertise RECONNECTION on {self.path}"
+            )
+        self.ring.connection = ConnectionState.RECONNECT
+        self.bell.notify()
+        deadline = time.monotonic() + timeout
+        while self.ring.connection != ConnectionState.CONNECTED:
+            if ServerFeature.ERROR in self.ring.server_features and (err := self.ring.error):
+                raise ConnectionClosed(f"reconnecting {self.path}: xenstored's error indicator is {_error_name(err)}")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise Timeout(f"xenstored did not reset {self.path} within {timeout} s (connection is still 1)")
+            select.select([self.bell.fileno()], [], [], min(left, 0.1))  # xenstored rings when done
+            self.bell.ack()
 
     def close(self) -> None:
         """Stop using the ring. The page and the event channel belong to whoever mapped and bound them."""
@@ -278,3 +328,10 @@ class RingDevice:
 
     def __repr__(self) -> str:
         return f"<RingDevice {self.path} {'back' if self.ring.back else 'front'}>"
+
+
+def _error_name(value: int) -> str:
+    try:
+        return f"{value} (XENSTORE_ERROR_{RingErrorCode(value).name})"
+    except ValueError:
+        return f"{value} (not a XENSTORE_ERROR_* this client knows)"
