@@ -43,8 +43,8 @@ def test_dom0_cannot_acquire_its_own_grant_table(host: xenpure.Host) -> None:
 
 
 def test_a_grant_to_another_domain_is_refused(gntshr: GrantAllocator, gnttab: GrantDevice, guest: Any) -> None:
-    """Granted to the guest, not to dom0: gntdev's map fails with EINVAL (Xen's GNTST_permission_denied for
-    the op, as Linux 6.1 reports it), the same answer tests/sim/test_gnttab.py holds the simulator to."""
+    """Granted to the guest, not to dom0: gntdev's map fails with EINVAL (observed on Linux 6.1 / Xen 4.17),
+    the same answer tests/sim/test_gnttab.py holds the simulator to."""
     with gntshr.share_pages(guest.domid, 1) as share, pytest.raises(InvalidArgument):
         gnttab.map_grant_ref(0, share.refs[0])
 
