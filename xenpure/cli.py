@@ -11,6 +11,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from . import connect
@@ -141,10 +142,20 @@ def cmd_destroy(args: argparse.Namespace) -> int:
 
 
 def cmd_create(args: argparse.Namespace) -> int:
+    """`xenpure create FILE`: build, start, then hand the domain to a supervisor (on_poweroff/on_reboot/on_crash).
+
+    Like `xl create`, the command returns once the guest runs and a background supervisor (`xenpure
+    supervise`, in a session of its own, logging to a file) follows it; `-F` keeps the supervisor in the
+    foreground instead (for systemd units and containers), `-e` runs none (nothing acts on on_*).
+    """
     from .domain import ConfigError, LayoutError, load_xl_config
 
+    if args.foreground and args.console:
+        print("xenpure: -F and --console both want the foreground; pick one", file=sys.stderr)
+        return 1
+    path = Path(args.file).absolute()
     try:
-        config = load_xl_config(args.file)
+        config = load_xl_config(path)
     except (ConfigError, OSError) as e:
         print(f"xenpure: {e}", file=sys.stderr)
         return 1
@@ -154,35 +165,128 @@ def cmd_create(args: argparse.Namespace) -> int:
         except LayoutError as e:
             print(f"xenpure: {e}", file=sys.stderr)
             return 1
+        tty = None
+        if args.console:
+            # Attach before the first instruction runs, so the console shows the boot from its first line.
+            tty = _console_tty(host, d.id, args.console_wait)
         if not args.paused:
             d.start()
-        print(f"created domain {config.name} (id {d.id}){' paused' if args.paused else ''}")
+        print(f"created domain {config.name} (id {d.id}){' paused' if args.paused else ''}", flush=True)
+        if args.sim or args.no_supervise:
+            pass  # the simulator lives in this process: nothing is left to follow once it exits
+        elif args.foreground:
+            return _supervise(host, config, d.id)
+        else:
+            _spawn_supervisor(d.id, path, config.name, args.supervisor_log)
         if args.console:
-            return _console(host, d.id)
+            if tty is None:
+                return 1
+            return _relay(tty)
     return 0
 
 
-def _console(host: Host, domid: int, timeout: float = 30.0) -> int:
-    """Relay the pty xenconsoled publishes at console/tty to this terminal, until Ctrl-] or the pty closes."""
+def _spawn_supervisor(domid: int, path: Path, name: str, log_path: str | None) -> int:
+    """Start `xenpure supervise DOMID FILE` detached (own session, no terminal, output to a log file)."""
     import os
-    import selectors
+    import subprocess
+    import tempfile
+
+    if log_path is None:
+        logdir = Path("/var/log/xen")
+        if not (logdir.is_dir() and os.access(logdir, os.W_OK)):
+            logdir = Path(tempfile.gettempdir())
+        log_path = str(logdir / f"xenpure-supervise-{name}.log")
+    with open(log_path, "ab") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "xenpure", "supervise", str(domid), str(path)],
+            stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, start_new_session=True, close_fds=True,
+        )
+    print(f"xenpure: domain {name} is followed by supervisor pid {proc.pid} (log {log_path})", file=sys.stderr,
+          flush=True)
+    return proc.pid
+
+
+def _supervise(host: Host, config: Any, domid: int, timeout: float | None = None) -> int:
+    import logging
+
+    from .domain import Supervisor
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    sup = Supervisor(host, config, domid, on_action=lambda a: print(f"xenpure: {a}", flush=True))
+    outcome = sup.run(timeout=timeout)
+    print(f"xenpure: supervisor of {config.name} done: {outcome.value}", flush=True)
+    return 0
+
+
+def cmd_supervise(args: argparse.Namespace) -> int:
+    """`xenpure supervise DOMAIN FILE`: follow a running domain and apply FILE's on_* actions to it."""
+    import dataclasses
+
+    from .domain import ConfigError, load_xl_config
+
+    try:
+        config = load_xl_config(Path(args.file).absolute())
+    except (ConfigError, OSError) as e:
+        print(f"xenpure: {e}", file=sys.stderr)
+        return 1
+    with _host(args) as host:
+        d = host.domain(args.domain)
+        if d.name != config.name:
+            print(f"xenpure: domain {args.domain} is named {d.name!r}, {args.file} describes {config.name!r}",
+                  file=sys.stderr)
+            return 1
+        # A restart rebuilds FILE under the uuid the running domain has (xl keeps it across reboots).
+        config = dataclasses.replace(config, uuid=d.info().uuid)
+        return _supervise(host, config, d.id, args.timeout)
+
+
+def _console_tty(host: Host, domid: int, timeout: float) -> int | None:
+    """Open the pty xenconsoled publishes at console/tty (it appears once xenconsoled has attached)."""
+    import os
+    import termios
+    import tty as tty_mod
 
     deadline = time.monotonic() + timeout
-    tty = b""
-    while not tty and time.monotonic() < deadline:
+    name = b""
+    while not name and time.monotonic() < deadline:
         try:
-            tty = bytes(host.xenstore.read(f"/local/domain/{domid}/console/tty"))
+            name = bytes(host.xenstore.read(f"/local/domain/{domid}/console/tty"))
         except OSError:
             pass
-        if not tty:
+        if not name:
             time.sleep(0.2)
-    if not tty:
-        print(f"xenpure: no console tty for domain {domid} (is xenconsoled running?)", file=sys.stderr)
-        return 1
-    fd = os.open(tty.decode(), os.O_RDWR | os.O_NOCTTY)
+    if not name:
+        print(f"xenpure: no console tty for domain {domid} within {timeout:g} s (is xenconsoled running?)",
+              file=sys.stderr)
+        return None
+    fd = os.open(name.decode(), os.O_RDWR | os.O_NOCTTY)
+    try:
+        tty_mod.setraw(fd)  # bytes as the guest wrote them: no echo, no newline translation
+    except termios.error:
+        pass
+    return fd
+
+
+def _relay(fd: int) -> int:
+    """Relay the console pty to stdout, and stdin to the guest, until Ctrl-] or the pty closes.
+
+    Without a terminal on stdin (a pipe, /dev/null), stdin's end-of-file only stops the input side: output is
+    relayed until the guest's console goes away or the process is stopped.
+    """
+    import os
+    import selectors
+    import termios
+    import tty as tty_mod
+
+    stdin = sys.stdin.fileno()
+    saved = None
+    if os.isatty(stdin):
+        saved = termios.tcgetattr(stdin)
+        tty_mod.setraw(stdin)
     sel = selectors.DefaultSelector()
     sel.register(fd, selectors.EVENT_READ)
-    sel.register(sys.stdin.fileno(), selectors.EVENT_READ)
+    sel.register(stdin, selectors.EVENT_READ)
     try:
         while True:
             for key, _ in sel.select():
@@ -192,14 +296,19 @@ def _console(host: Host, domid: int, timeout: float = 30.0) -> int:
                         return 0
                     sys.stdout.buffer.write(data)
                     sys.stdout.buffer.flush()
+                    continue
+                data = os.read(stdin, 4096)
+                if not data:
+                    sel.unregister(stdin)  # no more input; keep showing output
+                elif b"\x1d" in data:  # Ctrl-]: detach, as xl console does
+                    return 0
                 else:
-                    data = os.read(key.fd, 4096)
-                    if not data or b"\x1d" in data:  # EOF or Ctrl-]: detach, as xl console does
-                        return 0
                     os.write(fd, data)
     except OSError:
         return 0
     finally:
+        if saved is not None:
+            termios.tcsetattr(stdin, termios.TCSADRAIN, saved)
         sel.close()
         os.close(fd)
 
@@ -310,6 +419,17 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("file", help="the xl.cfg file (type=\"pv\": name, memory, maxmem, vcpus, kernel, ramdisk, extra)")
     s.add_argument("-p", "--paused", action="store_true", help="leave the domain paused")
     s.add_argument("-c", "--console", action="store_true", help="attach to its console afterwards (Ctrl-] detaches)")
+    s.add_argument("--console-wait", type=float, default=60.0, help="seconds to wait for xenconsoled's tty")
+    s.add_argument("-F", "--foreground", action="store_true",
+                   help="supervise the domain (on_poweroff/on_reboot/on_crash) in the foreground until it is gone")
+    s.add_argument("-e", "--no-supervise", action="store_true",
+                   help="start no supervisor: nothing applies on_poweroff/on_reboot/on_crash")
+    s.add_argument("--supervisor-log", default=None,
+                   help="the background supervisor's log (default /var/log/xen/xenpure-supervise-NAME.log)")
+    s = command("supervise", "follow a running domain and apply an xl.cfg's on_poweroff/on_reboot/on_crash",
+                cmd_supervise, domain=True)
+    s.add_argument("file", help="the xl.cfg the domain was created from (a restart rebuilds it)")
+    s.add_argument("--timeout", type=float, default=None, help="stop following after this many seconds")
     s = command("destroy", "destroy a domain at once", cmd_destroy, domain=True)
     s.add_argument("--timeout", type=float, default=60.0)
     s = command("events", "follow lifecycle events", cmd_events, data=True)

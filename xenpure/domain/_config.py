@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..hypercall.abi.xen import MAX_GUEST_CMDLINE
 
-__all__ = ["Action", "ConfigError", "DomainConfig"]
+__all__ = ["SUPPORTED_ACTIONS", "Action", "ConfigError", "DomainConfig"]
 
 
 class ConfigError(ValueError):
@@ -41,8 +41,9 @@ class ConfigError(ValueError):
 class Action(Enum):
     """What the toolstack does when the guest powers off, reboots or crashes (xl.cfg's ``on_*``).
 
-    xenpure records the choice in the domain's xenstore entries; acting on it belongs to whoever watches
-    the domain (``xl`` does it in its per-domain daemon).
+    xenpure records the choice in the domain's xenstore entries, and a ``Supervisor`` (``xenpure create``
+    runs one per domain, as ``xl`` does) applies it. Every xl spelling parses; the ``coredump-*`` and
+    ``soft-reset`` actions are refused by ``DomainConfig`` (``SUPPORTED_ACTIONS``).
     """
 
     DESTROY = "destroy"
@@ -62,6 +63,9 @@ class Action(Enum):
         valid = ", ".join(a.value for a in cls)
         raise ConfigError(f"{key}: unknown action {text!r} (valid: {valid})", key=key)
 
+
+#: The actions a ``Supervisor`` can apply; the others are refused when a config is made.
+SUPPORTED_ACTIONS = frozenset({Action.DESTROY, Action.RESTART, Action.RENAME_RESTART, Action.PRESERVE})
 
 #: A name xl would accept too: printable, no '/' (it becomes part of no path, but xl refuses it), not
 #: all digits (that would read as a domain id).
@@ -132,7 +136,12 @@ class DomainConfig:
         for key in ("on_poweroff", "on_reboot", "on_crash"):
             v = getattr(self, key)
             if not isinstance(v, Action):
-                object.__setattr__(self, key, Action.parse(str(v), key))
+                v = Action.parse(str(v), key)
+                object.__setattr__(self, key, v)
+            if v not in SUPPORTED_ACTIONS:
+                supported = ", ".join(a.value for a in Action if a in SUPPORTED_ACTIONS)
+                raise ConfigError(f"{key}={v.value!r} is an xl action xenpure does not support (it supports: "
+                                  f"{supported})", key=key)
 
     @property
     def memory_kib(self) -> int:

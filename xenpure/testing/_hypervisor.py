@@ -135,6 +135,7 @@ class SimXen:
         #: ``hook(event, domain)`` for "shutdown" and "destroyed": the models of other subsystems (event
         #: channels raise VIRQ_DOM_EXC, grant tables drop the domain's entries) follow domains from here.
         self.domain_hooks: list[Callable[[str, SimDomain], None]] = []
+        self._last_domid = 0
         dom0 = self.add_domain(0, memory_mib=1024, vcpus=nr_cpus)
         dom0.handle = uuid.UUID(int=0)  # dom0 is built by Xen itself, with a zero handle
         dom0.blocked = False
@@ -197,8 +198,12 @@ class SimXen:
         return max(0, self.total_pages - used)
 
     def _free_domid(self) -> int:
-        for candidate in range(1, DOMID_FIRST_RESERVED):
+        # As Xen allocates them: the next id after the last one handed out (wrapping, skipping ids in use),
+        # so a destroyed domain's id is not reused at once (a restarted guest gets a new domid).
+        for step in range(1, DOMID_FIRST_RESERVED):
+            candidate = (self._last_domid + step - 1) % (DOMID_FIRST_RESERVED - 1) + 1
             if candidate not in self.domains:
+                self._last_domid = candidate
                 return candidate
         raise XenErrno(errno.ENOMEM, "no free domain id")
 
