@@ -114,6 +114,17 @@ class XenstoreRing:
             self._out, self._out_cons, self._out_prod = L.req, L.req_cons, L.req_prod
             self._in, self._in_cons, self._in_prod = L.rsp, L.rsp_cons, L.rsp_prod
 
+    def close(self) -> None:
+        """Let go of the buffer (release our view of it), so whoever mapped the page can unmap it: an
+        ``mmap`` refuses to close while a view of it is alive. The ring is unusable afterwards. Idempotent."""
+        self._mv.release()
+
+    def __enter__(self) -> XenstoreRing:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def _get(self, off: int) -> int:
         value: int = _U32.unpack_from(self._mv, off)[0]
         return value
