@@ -263,6 +263,19 @@ def test_optional_types_answered_enosys_say_unsupported() -> None:
         drive(_ops.optional(W.GetFeature(3)), lambda req: "EACCES")
 
 
+def test_a_watch_depth_refused_says_what_depth_needs() -> None:
+    with pytest.raises(E.XenstoreInvalid, match=r"with a depth \(2\).*WATCHDEPTH, Xen 4\.19") as info:
+        drive(_ops.watch("/w", "t", 2), lambda req: "EINVAL")
+    assert info.value.errno == 22 and info.value.op == "WATCH"
+    result, sent = drive(_ops.watch("/w", "t", 2), lambda req: None)
+    assert result is None and sent == [W.Watch("/w", "t", 2)]
+    with pytest.raises(E.XenstoreInvalid) as plain:  # no depth: a plain EINVAL, nothing about depths
+        drive(_ops.watch("/w//x", "t", None), lambda req: "EINVAL")
+    assert "depth" not in str(plain.value)
+    with pytest.raises(E.NoSpace):
+        drive(_ops.watch("/w", "t", 1), lambda req: "ENOSPC")
+
+
 def test_an_over_long_directory_reply_is_accepted_as_oxenstored_sends_them() -> None:
     # Seen on Xen 4.17's oxenstored: 400 children -> one 12000-byte DIRECTORY reply.
     names = tuple(f"a-fairly-long-child-name-{i:04d}" for i in range(400))

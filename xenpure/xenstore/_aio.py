@@ -46,7 +46,6 @@ from ._wire import (
     TransactionEnd,
     TransactionStart,
     Unwatch,
-    Watch,
     Write,
 )
 
@@ -252,7 +251,7 @@ class AsyncClient(_AsyncNodeOps):
 
     async def watch(self, path: str, token: str, *, depth: int | None = None, timeout: float | None = None) -> None:
         """XS_WATCH (see ``Client.watch``)."""
-        await self._run(_ops.call(Watch(path, token, depth)), timeout)
+        await self._run(_ops.watch(path, token, depth), timeout)
 
     async def unwatch(self, path: str, token: str, *, timeout: float | None = None) -> None:
         """XS_UNWATCH."""

@@ -57,7 +57,6 @@ from ._wire import (
     TransactionEnd,
     TransactionStart,
     Unwatch,
-    Watch,
     Write,
 )
 
@@ -330,7 +329,7 @@ class Client(_NodeOps):
         how far below, where xenstored supports it). Events are collected with ``next_watch_event`` or
         ``watch_events``.
         """
-        self._run(_ops.call(Watch(path, token, depth)), timeout)
+        self._run(_ops.watch(path, token, depth), timeout)
 
     def unwatch(self, path: str, token: str, *, timeout: float | None = None) -> None:
         """Remove a watch (XS_UNWATCH). Raises ``NoEntry`` if there is no such watch."""

@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Generator
 from typing import Any, TypeVar
 
-from ..errors import ProtocolError, TooBig, XenstoreBusy, XenstoreNotSupported
+from ..errors import ProtocolError, TooBig, XenstoreBusy, XenstoreInvalid, XenstoreNotSupported
 from ._client_core import ErrorReply, Reply
-from ._wire import Directory, DirectoryPart, Request
+from ._wire import Directory, DirectoryPart, Request, Watch
 
-__all__ = ["Proc", "call", "directory", "optional", "run_async", "run_sync"]
+__all__ = ["Proc", "call", "directory", "optional", "run_async", "run_sync", "watch"]
 
 T = TypeVar("T")
 
@@ -54,6 +54,23 @@ def optional(request: Request[T], tx_id: int = 0, since: str = "") -> Proc[T]:
         )
     result: T = _value(ev)
     return result
+
+
+def watch(path: str, token: str, depth: int | None, tx_id: int = 0) -> Proc[None]:
+    """WATCH. With a depth, EINVAL says why it is the likely cause: a xenstored without the watch-depth
+    extension (XENSTORE_SERVER_FEATURE_WATCHDEPTH, Xen 4.19) takes the depth for a malformed request (both
+    daemons of Xen 4.17 answer EINVAL, seen in the lab); the class stays the errno's (``XenstoreInvalid``)
+    because a bad path answers the same."""
+    ev = yield Watch(path, token, depth), tx_id
+    if depth is not None and isinstance(ev, ErrorReply) and ev.error == "EINVAL":
+        raise XenstoreInvalid(
+            ev.error,
+            "WATCH",
+            path,
+            f"refused with a depth ({depth}): a xenstored without watch depths (WATCHDEPTH, Xen 4.19) answers "
+            "EINVAL to any depth; watch without one, or check the path",
+        )
+    _value(ev)
 
 
 def directory(path: str, tx_id: int = 0) -> Proc[tuple[str, ...]]:
