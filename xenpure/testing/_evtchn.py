@@ -5,6 +5,9 @@ their state, pending and mask bits, VIRQ_DOM_EXC); ``SimEvtchnFile`` is what one
 in dom0's kernel (the ports it bound, the queue of fired ports behind a real eventfd, the mask it keeps on a
 fired port until userspace writes the port back). Both answer with the errno the lab observed.
 
+``SimPortDoorbell`` is the other side of a channel as a guest's kernel (or dom0's own kernel, for a port it
+allocated itself) handles it: a ``Doorbell`` over one port, so a test can play a guest's xenstore front end.
+
 Delivery follows Xen's 2-level ABI as dom0's driver sees it: a send sets the port's pending bit; if the port
 is unmasked and some file bound it, the upcall "clears" pending, queues the port and masks it (the driver
 disables the irq until userspace unmasks); unmasking a port that is still pending delivers again.
@@ -53,7 +56,7 @@ from ..hypercall.abi.linux_evtchn import RESTRICT_DOMID as IOC_RESTRICT_DOMID
 from ..hypercall.abi.linux_evtchn import UNBIND as IOC_UNBIND
 from ..hypercall.abi.xen import DOMID_FIRST_RESERVED, DomId
 
-__all__ = ["SimEventChannels", "SimEvtchnFile", "SimPort"]
+__all__ = ["SimEventChannels", "SimEvtchnFile", "SimPort", "SimPortDoorbell"]
 
 #: Ports per domain in the 2-level ABI on x86_64 (64 * 64); port 0 is never handed out.
 NR_PORTS = 4096
@@ -424,3 +427,67 @@ class SimEvtchnFile:
                     self.model.close(0, port)
             self.ports.clear()
         os.close(self._fd)
+
+
+class SimPortDoorbell:
+    """One port of domain ``domid`` handled by that domain's kernel, as a ``Doorbell`` (``fileno``, ``notify``,
+    ``ack``): what a guest's xenbus driver does with its xenstore channel. ``fileno`` (an eventfd) is readable
+    once the port fired; the upcall masks the port, ``ack`` drains the eventfd and unmasks it (a port still
+    pending fires again); ``notify`` is the guest's EVTCHNOP_send (dropped while the port is unbound)."""
+
+    def __init__(self, xen: Any, domid: int, port: int) -> None:
+        self.xen = xen
+        self.model: SimEventChannels = xen.evtchn
+        self.domid = domid
+        self.port = port
+        self._fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self._closed = False
+        with xen.lock:
+            p = self.model.port(domid, port)
+            p.listener = self._fire
+            p.masked = False
+            if p.pending:
+                self.model._upcall(p)
+
+    def _fire(self, port: int) -> None:
+        if not self._closed:
+            os.eventfd_write(self._fd, 1)
+
+    def fileno(self) -> int:
+        if self._closed:
+            raise ValueError(f"doorbell of domain {self.domid} port {self.port} is closed")
+        return self._fd
+
+    def notify(self) -> None:
+        with self.xen.lock:
+            self.model.send(self.domid, self.port)
+
+    def ack(self) -> None:
+        try:
+            os.eventfd_read(self._fd)
+        except BlockingIOError:
+            pass
+        with self.xen.lock:
+            p = self.model.ports.get(self.domid, {}).get(self.port)
+            if p is not None:
+                self.model.unmask(self.domid, self.port)
+
+    @property
+    def state(self) -> EvtchnStat:
+        """The port's state as Xen keeps it (``closed`` once the domain or the port is gone)."""
+        with self.xen.lock:
+            p = self.model.ports.get(self.domid, {}).get(self.port)
+            return EvtchnStat.closed if p is None else p.state
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with self.xen.lock:
+            p = self.model.ports.get(self.domid, {}).get(self.port)
+            if p is not None and p.listener == self._fire:
+                p.listener = None
+        os.close(self._fd)
+
+    def __repr__(self) -> str:
+        return f"<SimPortDoorbell dom{self.domid} port {self.port}>"

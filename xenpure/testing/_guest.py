@@ -8,20 +8,26 @@ What it models (as observed on Debian's kernel in the lab): on boot it writes th
 keys and prints its boot lines to the console ring; when ``control/shutdown`` says ``poweroff`` or
 ``reboot`` it clears the key, prints its last line and shuts down with that reason. ``obeys=False`` makes a
 guest that ignores the request (for timeout tests); ``listens=False`` one that never advertised it.
+
+``SimXenstoreFrontend`` is a guest kernel's xenstore ring for a xenstored of one's own (``xenstored --xen``
+on a ``SimKernel``): the page the builder gave the domain, granted to dom0 at ``GNTTAB_RESERVED_XENSTORE``
+as a toolstack fills it, the unbound port for dom0, and the front end a test drives (``device``).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..hypercall.abi.grant_table import GnttabReserved, GrantType
 from ..hypercall.abi.io_console import XENCONS_INTERFACE
 from ..hypercall.abi.sched import ShutdownReason
+from ..xenstore._ring import RingDevice, XenstoreRing
 from ..xenstore._wire import Perm, PermAccess, Read, Watch, Write
 
 if TYPE_CHECKING:
     from ._hypervisor import SimDomain, SimXen
 
-__all__ = ["BOOT_LINES", "SimGuest"]
+__all__ = ["BOOT_LINES", "SimGuest", "SimXenstoreFrontend"]
 
 BOOT_LINES = (
     "Linux version 6.1.0-sim (xenpure simulated guest)",
@@ -120,3 +126,32 @@ class SimGuest:
 
     def close(self) -> None:
         self.xen.xenstored.detach(self._conn)
+
+
+class SimXenstoreFrontend:
+    """Domain ``domid``'s side of its xenstore ring: a page of its own (``gfn``: its MFN, as for a PV guest),
+    granted to dom0 at ref ``GNTTAB_RESERVED_XENSTORE`` unless ``grant=False``, and ``port``, unbound for
+    dom0. ``device()`` is the front end (``Client(front.device())`` is the guest's xenbus driver)."""
+
+    def __init__(self, xen: SimXen, domid: int, *, grant: bool = True) -> None:
+        from ._evtchn import SimPortDoorbell
+
+        self.xen = xen
+        self.domid = domid
+        with xen.lock:
+            self.gfn: int = xen.memory.alloc(domid, 1)[0]
+            if grant:
+                xen.gnttab.set_entry(domid, int(GnttabReserved.XENSTORE), int(GrantType.permit_access), 0, self.gfn)
+            self.port: int = xen.evtchn.alloc_unbound(domid, domid, 0)
+        self.bell = SimPortDoorbell(xen, domid, self.port)
+
+    @property
+    def ring(self) -> XenstoreRing:
+        """The front end of the ring on the domain's own page."""
+        return XenstoreRing(self.xen.memory.page(self.gfn))
+
+    def device(self, *, poll: float = 0.0005) -> RingDevice:
+        return RingDevice(self.ring, self.bell, path=f"dom{self.domid} xenstore ring", poll=poll)
+
+    def close(self) -> None:
+        self.bell.close()

@@ -29,7 +29,9 @@ __all__ = ["SimBuffer", "SimDevice", "SimKernel"]
 log = logging.getLogger("xenpure.testing")
 
 PAGE = 4096
-_DEVICES = ("privcmd", "hypercall", "xenbus", "evtchn", "gntdev", "gntalloc")
+_DEVICES = ("privcmd", "hypercall", "xenbus", "evtchn", "gntdev", "gntalloc", "xenbus_backend", "xsd_kva", "xsd_port")
+#: Nodes that only /proc/xen has (xenfs); the others are found in /dev/xen first.
+_PROC_ONLY = ("xsd_kva", "xsd_port")
 _HYPERCALL = PRIVCMD_HYPERCALL.layout()
 _IOCTL_NAMES = {i.request: i.name for i in IOCTLS.values()}
 _M = TypeVar("_M")
@@ -49,6 +51,14 @@ def _driver(kernel: SimKernel, name: str) -> Any:
         from ._memory import SimPrivcmdFile
 
         return SimPrivcmdFile(kernel)
+    if name == "xenbus_backend":
+        from ._xenstored import SimXenbusBackendFile
+
+        return SimXenbusBackendFile(kernel)
+    if name in _PROC_ONLY:
+        from ._xenstored import SimXsdFile
+
+        return SimXsdFile(kernel, name)
     return None
 
 
@@ -190,7 +200,7 @@ class SimKernel:
         tried = [f"{d}/{name}" for d in self.dirs]
         if name not in self.devices:
             raise DeviceUnavailable(name, tried)
-        path = tried[0]
+        path = next((p for p in tried if p.startswith("/proc/")), tried[0]) if name in _PROC_ONLY else tried[0]
         if not self.root:
             raise NotPrivileged(path)
         backend = self._xenstored().connect(0) if name == "xenbus" else _driver(self, name)

@@ -10,6 +10,12 @@ helpers ``write``/``read``/``rm``/``directory``/``introduce``/``release`` direct
 fire watches exactly as the same requests from a client would. Simulated guests hold in-process connections
 (``attach``): their requests go through the same core as anyone's, and their watch events are decoded from
 the very bytes a socket would carry and handed to a callback once the triggering request is done.
+
+For a xenstored of one's own running in the simulated dom0 (``xenpure xenstored --xen`` on a ``SimKernel``),
+``dom0_xenbus(xen)`` is dom0's kernel's side of its xenstore ring: the page and the unbound port it
+allocated for a daemon to bind, what ``/dev/xen/xenbus_backend`` (mmap, ``IOCTL_XENBUS_BACKEND_EVTCHN``) and
+``/proc/xen/xsd_kva`` / ``xsd_port`` hand out (``SimXenbusBackendFile``, ``SimXsdFile``), and the front end
+a test drives as dom0's kernel would (``front``).
 """
 
 from __future__ import annotations
@@ -19,10 +25,14 @@ import logging
 import os
 import socket
 import threading
+import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from ..hypercall.abi.linux_xenbus import IOCTL_XENBUS_BACKEND_EVTCHN
+from ..hypercall.abi.xen import DomId
 from ..xenstore._client import DEFAULT_SOCKET
+from ..xenstore._ring import RingDevice, XenstoreRing
 from ..xenstore._server_core import Drop, Output, Send, ServerCore
 from ..xenstore._wire import (
     Directory,
@@ -40,7 +50,7 @@ from ..xenstore._wire import (
     XsType,
 )
 
-__all__ = ["SimConnection", "SimXenstored"]
+__all__ = ["SimConnection", "SimDom0Xenbus", "SimXenbusBackendFile", "SimXenstored", "SimXsdFile", "dom0_xenbus"]
 
 log = logging.getLogger("xenpure.testing.xenstored")
 
@@ -288,3 +298,101 @@ class SimXenstored:
             for conn in list(self._conns.values()):
                 self.core.disconnect(conn.conn_id)
                 conn._drop()
+
+
+# -------------------------------------------------------------------------------------------------------------
+# dom0's kernel's xenstore ring, for a xenstored running in the simulated dom0
+# -------------------------------------------------------------------------------------------------------------
+
+PAGE = 4096
+
+
+class SimDom0Xenbus:
+    """dom0's kernel's xenstore page and the unbound port (remote domain 0) it allocated for xenstored."""
+
+    def __init__(self, xen: Any) -> None:
+        from ._evtchn import SimPortDoorbell
+
+        self.xen = xen
+        with xen.lock:
+            self.mfn: int = xen.memory.alloc(0, 1)[0]
+            self.port: int = xen.evtchn.alloc_unbound(0, DomId.SELF, 0)
+        #: dom0's kernel's end of the channel (its xenbus driver's interrupt).
+        self.bell = SimPortDoorbell(xen, 0, self.port)
+
+    def front(self, *, poll: float = 0.0005) -> RingDevice:
+        """The front end, as dom0's kernel uses it (``Client(front)`` plays /dev/xen/xenbus in dom0)."""
+        return RingDevice(XenstoreRing(self.xen.memory.page(self.mfn)), self.bell, path="dom0 xenbus", poll=poll)
+
+    def map(self, kernel: Any, length: int, offset: int, readonly: bool) -> Any:
+        if length != PAGE or offset != 0:
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        m = self.xen.memory.map(kernel, length, readonly, "xenstore page")
+        m.put(0, self.mfn)
+        return m
+
+
+_DOM0: weakref.WeakKeyDictionary[Any, SimDom0Xenbus] = weakref.WeakKeyDictionary()
+
+
+def dom0_xenbus(xen: Any) -> SimDom0Xenbus:
+    """dom0's kernel's xenstore ring on ``xen`` (allocated on first use, one per host)."""
+    with xen.lock:
+        x = _DOM0.get(xen)
+        if x is None:
+            x = _DOM0[xen] = SimDom0Xenbus(xen)
+        return x
+
+
+class SimXenbusBackendFile:
+    """One open /dev/xen/xenbus_backend: ``IOCTL_XENBUS_BACKEND_EVTCHN`` answers the port, ``mmap`` of one
+    page at offset 0 is the page (root only, as the device node is)."""
+
+    def __init__(self, kernel: Any) -> None:
+        self.kernel = kernel
+        self.xenbus = dom0_xenbus(kernel.xen)
+        self._fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def ioctl(self, request: int, arg: bytearray) -> int:
+        if request == IOCTL_XENBUS_BACKEND_EVTCHN.request:
+            return self.xenbus.port
+        raise OSError(errno.ENOTTY, os.strerror(errno.ENOTTY))
+
+    def mmap(self, length: int, offset: int, readonly: bool) -> Any:
+        return self.xenbus.map(self.kernel, length, offset, readonly)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+class SimXsdFile:
+    """/proc/xen/xsd_kva (mmap: the page) or /proc/xen/xsd_port (read: the port in decimal, then EOF)."""
+
+    def __init__(self, kernel: Any, name: str) -> None:
+        self.kernel = kernel
+        self.name = name
+        self.xenbus = dom0_xenbus(kernel.xen)
+        self._fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self._offset = 0
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def read(self, n: int) -> bytes:
+        if self.name != "xsd_port":
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        text = str(self.xenbus.port).encode()
+        out = text[self._offset : self._offset + n]
+        self._offset += len(out)
+        return out
+
+    def mmap(self, length: int, offset: int, readonly: bool) -> Any:
+        if self.name != "xsd_kva":
+            raise OSError(errno.ENODEV, os.strerror(errno.ENODEV))
+        return self.xenbus.map(self.kernel, length, offset, readonly)
+
+    def close(self) -> None:
+        os.close(self._fd)

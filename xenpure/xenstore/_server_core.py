@@ -25,21 +25,30 @@ with that many replies unsent. A read-only connection gets EROFS for anything th
 When a domain is released, the nodes it owns are removed with their subtrees (docs/misc/xenstore.txt,
 XSA-419), every permission entry naming it is dropped (XSA-322/417), and its connections lose their
 watches and transactions (XSA-324); a later domain with the same id starts from nothing.
+
+The one door to the outside is ``rings`` (a ``DomainRings``, None by default: INTRODUCE and RELEASE are then
+pure state). With it, INTRODUCE asks ``rings.attach(domid, gfn, port)`` to map the domain's ring and bind its
+event channel *before* the domain counts as introduced: if that raises an ``OSError``, the request answers
+that errno's name (ESRCH as ENOENT, a name the wire does not know as EIO), nothing is recorded and
+@introduceDomain does not fire. RELEASE, and ``domain_gone`` (the daemon saw the domain die), forget the
+domain, then call ``rings.detach(domid)``. The core never does I/O itself.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 from ..errors import ProtocolError, XenstoreError
 from ._wire import (
     XENSTORE_ABS_PATH_MAX,
     XENSTORE_PAYLOAD_MAX,
     XENSTORE_REL_PATH_MAX,
+    XSD_ERRORS,
     Control,
     Directory,
     DirectoryChunk,
@@ -77,7 +86,7 @@ from ._wire import (
     encode_watch_event,
 )
 
-__all__ = ["Connection", "Drop", "Node", "Output", "Send", "ServerCore", "Store"]
+__all__ = ["Connection", "DomainRings", "Drop", "Node", "Output", "Send", "ServerCore", "Store"]
 
 log = logging.getLogger("xenpure.xenstore.server")
 
@@ -244,6 +253,28 @@ class Drop:
 Output = Send | Drop
 
 
+class DomainRings(Protocol):
+    """What serves a domain's ring once INTRODUCE names it (the daemon's ``--xen`` side).
+
+    ``attach`` maps the ring page and binds the event channel, or raises ``OSError`` (errno set) having left
+    nothing behind; ``detach`` undoes it (the domain was released or died). Both run inside the core's
+    request handling, on the daemon's thread.
+    """
+
+    def attach(self, domid: int, gfn: int, port: int) -> None: ...
+
+    def detach(self, domid: int) -> None: ...
+
+
+def _errno_name(e: OSError) -> str:
+    """The xenstore error an attach failure answers: its errno's name, ESRCH (no such domain) as ENOENT,
+    EIO for what the wire has no name for."""
+    if e.errno == errno.ESRCH:
+        return "ENOENT"
+    name = errno.errorcode.get(e.errno or 0, "EIO")
+    return name if name in XSD_ERRORS else "EIO"
+
+
 def _parent(path: str) -> str:
     i = path.rstrip("/").rfind("/")
     return "/" if i <= 0 else path[:i]
@@ -276,8 +307,15 @@ _MUTATING = (Write, Mkdir, Rm, SetPerms, Introduce, Release, Resume, SetTarget, 
 class ServerCore:
     """The xenstore server state and logic. Connections are numbered; ``receive_data`` drives them."""
 
-    def __init__(self, *, unsupported: Iterable[XsType] = (), quotas: dict[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        unsupported: Iterable[XsType] = (),
+        quotas: dict[str, int] | None = None,
+        rings: DomainRings | None = None,
+    ) -> None:
         self.store = Store()
+        self.rings = rings
         self.unsupported = frozenset(unsupported)
         self.connections: dict[int, Connection] = {}
         self.domains: dict[int, _Domain] = {}
@@ -756,6 +794,12 @@ class ServerCore:
                 raise _Fail("EINVAL", "INTRODUCE needs a real domain id")
             d = self.domains.get(r.domid)
             if d is None:
+                if self.rings is not None:
+                    try:
+                        self.rings.attach(r.domid, r.gfn, r.evtchn)
+                    except OSError as e:
+                        log.warning("INTRODUCE dom%d gfn %#x port %d: %s", r.domid, r.gfn, r.evtchn, e)
+                        raise _Fail(_errno_name(e), f"cannot serve domain {r.domid}'s ring: {e}") from None
                 feats = self.domain_features.pop(r.domid, SUPPORTED_FEATURES)
                 self.domains[r.domid] = _Domain(r.domid, r.gfn, r.evtchn, feats)
                 specials.append(("@introduceDomain", r.domid))
@@ -766,6 +810,7 @@ class ServerCore:
             if self.domains.pop(r.domid, None) is None:
                 raise _Fail("EINVAL", f"domain {r.domid} is not introduced")  # as oxenstored 4.17
             self._forget_domain(r.domid, events)
+            self._detach(r.domid)
             specials.append(("@releaseDomain", r.domid))
             return None
         if isinstance(r, Resume):
@@ -851,6 +896,22 @@ class ServerCore:
         raise _Fail("ENOSYS", r.TYPE.name)
 
     # -- the simulator's direct access -------------------------------------------------------------------
+
+    def _detach(self, domid: int) -> None:
+        if self.rings is not None:
+            try:
+                self.rings.detach(domid)
+            except OSError as e:  # the domain is forgotten whatever its ring's teardown said
+                log.warning("dom%d: tearing its ring down: %s", domid, e)
+
+    def domain_gone(self, domid: int) -> list[Output]:
+        """An introduced domain died (the daemon saw it dying or vanished after VIRQ_DOM_EXC): forget it as
+        RELEASE would, detach its ring, and fire @releaseDomain. A domain not introduced only fires it."""
+        events: list[_Event] = []
+        if self.domains.pop(domid, None) is not None:
+            self._forget_domain(domid, events)
+            self._detach(domid)
+        return self._fire(events, [("@releaseDomain", domid)])
 
     def fire_special(self, name: str, domid: int) -> list[Output]:
         """Watch events for ``@introduceDomain``/``@releaseDomain`` about ``domid`` (e.g. a domain died)."""

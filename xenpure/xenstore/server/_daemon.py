@@ -14,6 +14,10 @@ be hung up on, loses the events instead and the daemon logs it). A hostile ring 
 
 ``--trace FILE`` logs every message decoded, one line each way. SIGTERM and SIGINT stop the loop cleanly
 when the daemon runs through ``main``; the handlers are installed there and restored on the way out.
+
+``--xen`` serves the domains of the Xen host the daemon runs on (``_xen.XenDomains``: dom0's own ring, the
+rings INTRODUCE names, VIRQ_DOM_EXC); that module decides what to map and bind, and hands the daemon rings
+(``serve_ring``/``drop_rings``) and descriptors to watch (``watch_fd``), so the loop stays one loop.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import stat
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import IO, Any
 
@@ -130,6 +134,7 @@ class Xenstored:
         os.set_blocking(self._wake_w, False)
         self._sel.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
         self._stopping = False
+        self._closed = False
         self._lock = threading.Lock()  # add_ring/connect_as from other threads
         self._adds: list[Any] = []
         for path, ro in ((socket_path, False), (ro_socket_path, True)):
@@ -175,13 +180,46 @@ class Xenstored:
                 self._add_socket(sock, domid, readonly, f"pair:dom{domid}")
             else:
                 _, ring, bell, domid = add
-                # What this server does on a ring: report a broken ring in `error`, and watch depths.
-                ring.server_features = ServerFeature.ERROR | ServerFeature.WATCHDEPTH
-                cid = self.core.connect(domid)
-                peer = _RingPeer(cid, domid, ring, bell, f"ring:dom{domid}")
-                self._peers[cid] = peer
-                self._sel.register(bell.fileno(), selectors.EVENT_READ, ("ring", peer))
-                self._ring_io(peer)
+                self.serve_ring(domid, ring, bell)
+
+    def serve_ring(self, domid: int, ring: XenstoreRing, bell: Doorbell) -> int:
+        """Serve a domain's ring now (on the loop's thread; ``add_ring`` from any other). Returns the
+        connection id. Requests already waiting in the ring are answered at once."""
+        # What this server does on a ring: report a broken ring in `error`, and watch depths.
+        ring.server_features = ServerFeature.ERROR | ServerFeature.WATCHDEPTH
+        cid = self.core.connect(domid)
+        peer = _RingPeer(cid, domid, ring, bell, f"ring:dom{domid}")
+        self._peers[cid] = peer
+        self._sel.register(bell.fileno(), selectors.EVENT_READ, ("ring", peer))
+        log.debug("conn %d: %s", cid, peer.name)
+        self._ring_io(peer)
+        return cid
+
+    def drop_rings(self, domid: int, why: str = "released") -> int:
+        """Stop serving every ring of ``domid`` (on the loop's thread), those ``add_ring`` queued included;
+        how many there were. The page and the doorbell stay with whoever mapped and bound them."""
+        with self._lock:
+            queued = [a for a in self._adds if a[0] == "ring" and a[3] == domid]
+            self._adds = [a for a in self._adds if not (a[0] == "ring" and a[3] == domid)]
+        peers = [p for p in self._peers.values() if isinstance(p, _RingPeer) and p.domid == domid]
+        for peer in peers:
+            peer.dead = True
+            self._close(peer, why)
+        return len(peers) + len(queued)
+
+    def watch_fd(self, fd: int, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` on the loop's thread whenever ``fd`` is readable (e.g. VIRQ_DOM_EXC's handle)."""
+        self._sel.register(fd, selectors.EVENT_READ, ("call", callback))
+
+    def unwatch_fd(self, fd: int) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self._sel.unregister(fd)
+
+    def deliver(self, outputs: list[Output]) -> None:
+        """Send outputs the core produced outside a request (e.g. ``domain_gone``), journalling first."""
+        if self.state is not None:
+            self.state.record(self.core)
+        self._route(outputs)
 
     def _add_socket(self, sock: socket.socket, domid: int, readonly: bool, name: str) -> None:
         sock.setblocking(False)
@@ -232,6 +270,8 @@ class Xenstored:
             self._socket_io(what, mask)
         elif kind == "ring":
             self._ring_io(what)
+        elif kind == "call":
+            what()
 
     def _accept(self, lsock: socket.socket, readonly: bool) -> None:
         try:
@@ -370,7 +410,10 @@ class Xenstored:
                 self._sel.unregister(peer.bell.fileno())
 
     def close(self) -> None:
-        """Close every connection and listener (the socket files are removed) and the state file."""
+        """Close every connection and listener (the socket files are removed) and the state file. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
         for peer in list(self._peers.values()):
             self._close(peer, "xenstored stopping")
         for s, path, _ in self._listeners:
@@ -437,6 +480,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trace", help="log every message, decoded, to this file ('-': stderr)")
     p.add_argument("--state", help="persist the store here and restore it at start")
     p.add_argument("--quota", action="append", default=[], metavar="NAME=VALUE", help="a global quota (repeatable)")
+    p.add_argument("--xen", action="store_true", help="serve this Xen host's domains: dom0's own ring, the rings "
+                   "INTRODUCE names (grant or foreign map), VIRQ_DOM_EXC (run as root in dom0)")
+    p.add_argument("--pid-file", help="write the daemon's process id here (removed on a clean stop)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -449,24 +495,42 @@ def run(args: argparse.Namespace) -> int:
         trace = sys.stderr
     elif args.trace:
         trace = open(args.trace, "a", encoding="utf-8")
+    core = ServerCore(quotas=quotas)
     daemon = Xenstored(
-        ServerCore(quotas=quotas),
+        core,
         socket_path=args.socket,
         ro_socket_path=args.ro_socket,
         trace=trace,
         state_path=args.state,
     )
+    xen: Any = None
+    pid_file = getattr(args, "pid_file", None)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         daemon.stop()
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
+        if getattr(args, "xen", False):
+            from ...kernel import LinuxKernel
+            from ._xen import XenDomains
+
+            xen = XenDomains(LinuxKernel(), daemon)
+            xen.start()
+        if pid_file:
+            with open(pid_file, "w", encoding="ascii") as f:
+                f.write(f"{os.getpid()}\n")
         print(f"xenpure xenstored: listening on {args.socket}", file=sys.stderr, flush=True)
         daemon.serve()
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+        if xen is not None:
+            xen.close()
+        daemon.close()
+        if pid_file:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(pid_file)
         if trace is not None and trace is not sys.stderr:
             trace.close()
     return 0
