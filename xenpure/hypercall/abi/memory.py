@@ -7,6 +7,7 @@ hypercall's second argument points at.
 
 from __future__ import annotations
 
+import struct
 from enum import IntEnum, IntFlag
 
 from .._layout import Constants, Decl, F, Union, constants_registry, handle, u16, u32, u64, ulong
@@ -14,6 +15,8 @@ from .._layout import Constants, Decl, F, Union, constants_registry, handle, u16
 __all__ = [
     "ADD_TO_PHYSMAP",
     "ADD_TO_PHYSMAP_BATCH",
+    "E820_ENTRY",
+    "E820_MAX_ENTRIES",
     "FOREIGN_MEMORY_MAP",
     "MACHPHYS_MAPPING",
     "MACHPHYS_MFN_LIST",
@@ -24,6 +27,7 @@ __all__ = [
     "MEM_ACQUIRE_RESOURCE",
     "POD_TARGET",
     "REMOVE_FROM_PHYSMAP",
+    "E820Type",
     "MapIdx",
     "MapSpace",
     "MemFlag",
@@ -205,6 +209,27 @@ MEMORY_MAP = Decl(
     "OUT count).",
 )
 
+class E820Type(IntEnum):
+    """The ``type`` of an E820 entry (the BIOS INT 15h/E820h convention memory.h refers to); Xen's public
+    headers spell the same numbers ``XEN_HVM_MEMMAP_TYPE_*`` (arch-x86/hvm/start_info.h)."""
+
+    RAM = 1
+    RESERVED = 2
+    ACPI = 3
+    NVS = 4
+    UNUSABLE = 5
+    DISABLED = 6
+    PMEM = 7
+
+
+#: One entry of the table ``xen_memory_map.buffer`` points at: "the same format as returned by the BIOS INT
+#: 0x15 EAX=0xE820 call" (memory.h), i.e. the Linux uapi's packed ``struct boot_e820_entry`` (asm/bootparam.h):
+#: u64 addr, u64 size, u32 type, 20 bytes with no padding. A packed record has no ``Decl`` (the layout engine
+#: aligns members), hence a plain ``struct`` format.
+E820_ENTRY = struct.Struct("<QQI")
+#: The most entries XENMEM_set_memory_map takes (Xen 4.17 answered EINVAL for 1025 in the lab, 0 for 1024).
+E820_MAX_ENTRIES = 1024
+
 FOREIGN_MEMORY_MAP = Decl(
     "xen_foreign_memory_map",
     "memory.h",
@@ -250,5 +275,6 @@ constants_registry().extend(
         Constants(ResourceType, "XENMEM_resource_", "memory.h"),
         Constants(ResourceGrantTableId, "XENMEM_resource_grant_table_id_", "memory.h"),
         Constants(ResourceIoreqServerFrame, "XENMEM_resource_ioreq_server_frame_", "memory.h"),
+        Constants(E820Type, "XEN_HVM_MEMMAP_TYPE_", "arch-x86/hvm/start_info.h"),
     ]
 )
