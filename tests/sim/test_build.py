@@ -110,15 +110,110 @@ def test_broken_kernel_rejected_before_createdomain(sim_host: xenpure.Host, sim_
     assert set(sim_xen.domains) == before
 
 
-def test_hypercall_page_kernel_refused_before_createdomain(sim_host: xenpure.Host, sim_xen: SimXen,
-                                                          tmp_path: Path) -> None:
+def hypercall_page_kernel(tmp_path: Path) -> Path:
     from xenpure.testing._kernels import HYPERCALL_PAGE_NOTE, XEN_NOTES
 
-    p = tmp_path / "old"
+    p = tmp_path / "vmlinux-hcall"
     p.write_bytes(make_elf(notes={**XEN_NOTES, **HYPERCALL_PAGE_NOTE}))
-    with pytest.raises(KernelImageError, match="hypercall page"):
-        build_pv(sim_host, config(p))
-    assert set(sim_xen.domains) == {0}
+    return p
+
+
+def test_hypercall_page_is_filled_by_xen(sim_host: xenpure.Host, sim_xen: SimXen, tmp_path: Path) -> None:
+    """A HYPERCALL_PAGE kernel: after its bytes are loaded, XEN_DOMCTL_hypercall_init has Xen write the stubs
+    into that page; the guest finds at page + nr * 32 code loading nr into %eax and entering Xen (syscall)."""
+    import struct
+
+    from xenpure.hypercall.abi.xen import Hypercall
+    from xenpure.testing._kernels import HYPERCALL_PAGE_NOTE
+
+    steps: list[str] = []
+    report = build_pv(sim_host, config(hypercall_page_kernel(tmp_path)), on_step=steps.append)
+    assert steps.index("load memory") < steps.index("hypercall page") < steps.index("pin page tables")
+    (va,) = struct.unpack("<Q", HYPERCALL_PAGE_NOTE[2])
+    view = sim_xen.build.guest_view(report.domid)
+    page = view.read_va(va, 4096)
+    for nr in (*(int(h) for h in Hypercall), 127):
+        stub = page[nr * 32 : (nr + 1) * 32]
+        mov = b"\xb8" + struct.pack("<I", nr)  # mov $nr, %eax
+        assert mov in stub and stub.index(b"\x0f\x05") > stub.index(mov), (nr, stub.hex())  # then syscall
+    # The pages around it are the kernel's own bytes, as loaded (make_elf: nops, hlt, then "K"s).
+    assert view.read_va(va - 4096, 0x42) == b"\x90" * 0x40 + b"\xf4K" and view.read_va(va + 4096, 4) == b"K" * 4
+
+
+def test_a_kernel_without_the_note_gets_no_hypercall_page(sim_host: xenpure.Host, kernel: Path) -> None:
+    steps: list[str] = []
+    build_pv(sim_host, config(kernel), on_step=steps.append)
+    assert "hypercall page" not in steps
+
+
+def test_hypercall_init_errors_as_xen_gives_them(sim_host: xenpure.Host, sim_xen: SimXen, kernel: Path) -> None:
+    """What Xen 4.17 answered in the lab: EINVAL for a frame the domain does not own, EPERM for one that is a
+    pinned page table, ESRCH without the domain; the same page twice is fine."""
+    from xenpure.hypercall.abi.domctl import DomctlCmd
+
+    a = build_pv(sim_host, config(kernel))
+    b = build_pv(sim_host, config(kernel, name="g2"))
+
+    def init(domid: int, mfn: int) -> None:
+        sim_host._domctl(DomctlCmd.hypercall_init, domid, {"gmfn": mfn})
+
+    page = a.p2m[a.layout.kernel.pfn + 1]
+    init(a.domid, page)
+    init(a.domid, page)
+    with pytest.raises(xenpure.InvalidArgument):
+        init(a.domid, b.p2m[b.layout.kernel.pfn])
+    with pytest.raises(xenpure.InvalidArgument):
+        init(a.domid, 0xFFFFFFFFF)
+    with pytest.raises(xenpure.OperationNotPermitted):
+        init(a.domid, a.p2m[a.layout.l4_pfn])
+    with pytest.raises(xenpure.NoSuchDomain):
+        init(0x7000, page)
+
+
+def test_the_guest_gets_an_e820_up_to_maxmem(sim_host: xenpure.Host, sim_xen: SimXen, kernel: Path) -> None:
+    from xenpure.hypercall.abi.memory import E820Type
+
+    report = build_pv(sim_host, config(kernel, memory=32, maxmem=96))
+    assert sim_xen.build.memory_map(report.domid) == [(0, 96 << 20, E820Type.RAM)]
+
+
+def test_set_memory_map_errors_as_xen_gives_them(sim_host: xenpure.Host, sim_xen: SimXen, kernel: Path) -> None:
+    """Xen 4.17 in the lab: up to 1024 entries are stored as given, 1025 is EINVAL, a bad buffer EFAULT."""
+    from xenpure.hypercall.abi.memory import E820_ENTRY, E820_MAX_ENTRIES, FOREIGN_MEMORY_MAP, MemOp
+    from xenpure.hypercall.abi.xen import Hypercall
+
+    domid = build_pv(sim_host, config(kernel)).domid
+    lay = FOREIGN_MEMORY_MAP.layout()
+    pc = sim_host.privcmd
+
+    def set_map(target: int, n: int, bad_buffer: bool = False) -> None:
+        table = b"".join(E820_ENTRY.pack(i << 21, 1 << 20, 1) for i in range(n))
+        with pc.buffer(lay.size + len(table)) as buf:
+            buf.view[lay.size : lay.size + len(table)] = table
+            where = 0x1000 if bad_buffer else buf.address + lay.size
+            buf.view[: lay.size] = lay.build(domid=target, map={"nr_entries": n, "buffer": where})
+            pc.hypercall(Hypercall.memory_op, int(MemOp.set_memory_map), buf.address, subop="set_memory_map")
+
+    set_map(domid, E820_MAX_ENTRIES)
+    assert len(sim_xen.build.memory_map(domid) or []) == E820_MAX_ENTRIES
+    with pytest.raises(xenpure.InvalidArgument):
+        set_map(domid, E820_MAX_ENTRIES + 1)
+    with pytest.raises(xenpure.HypercallError, match="EFAULT"):
+        set_map(domid, 1, bad_buffer=True)
+    with pytest.raises(xenpure.NoSuchDomain):
+        set_map(0x7000, 1)
+    set_map(domid, 0)
+    assert sim_xen.build.memory_map(domid) == []
+
+
+def test_failure_at_the_hypercall_page_rolls_back(sim_host: xenpure.Host, sim_xen: SimXen, tmp_path: Path) -> None:
+    def fail(name: str) -> None:
+        if name == "hypercall page":
+            raise RuntimeError("injected")
+
+    with pytest.raises(BuildError, match="failed at step 'hypercall page': injected") as ei:
+        build_pv(sim_host, config(hypercall_page_kernel(tmp_path)), on_step=fail)
+    assert not ei.value.leftovers and set(sim_xen.domains) == {0}
 
 
 def test_too_little_memory_rejected_before_createdomain(sim_host: xenpure.Host, sim_xen: SimXen, kernel: Path) -> None:
@@ -129,8 +224,8 @@ def test_too_little_memory_rejected_before_createdomain(sim_host: xenpure.Host, 
 
 @pytest.mark.parametrize(
     "step",
-    ["createdomain", "max_mem", "populate_physmap", "event channels", "load memory", "shared info", "pin page tables",
-     "grant table", "setvcpucontext", "xenstore", "introduce"],
+    ["createdomain", "max_mem", "memory map", "populate_physmap", "event channels", "load memory", "shared info",
+     "pin page tables", "grant table", "setvcpucontext", "xenstore", "introduce"],
 )
 def test_failure_at_any_step_rolls_back(sim_host: xenpure.Host, sim_xen: SimXen, kernel: Path, step: str) -> None:
     frames_before = len(sim_xen.memory.owner)
@@ -142,7 +237,7 @@ def test_failure_at_any_step_rolls_back(sim_host: xenpure.Host, sim_xen: SimXen,
     with pytest.raises(BuildError, match=f"failed at step '{step}': injected") as ei:
         build_pv(sim_host, config(kernel), on_step=fail)
     assert ei.value.step == step and not ei.value.leftovers
-    if step not in ("createdomain", "max_mem", "populate_physmap", "event channels"):
+    if step not in ("createdomain", "max_mem", "memory map", "populate_physmap", "event channels"):
         assert "closed its event channels" in ei.value.rolled_back
     assert set(sim_xen.domains) == {0}
     assert len(sim_xen.memory.owner) == frames_before  # the guest's frames went with it

@@ -14,11 +14,15 @@ The sequence (each a step name in ``BuildError`` and in the ``on_step`` trace)::
     max_vcpus          XEN_DOMCTL_max_vcpus
     max_mem            XEN_DOMCTL_max_mem (maxmem, in KiB)
     address_size       XEN_DOMCTL_set_address_size 64: a 64-bit PV guest
+    memory map         XENMEM_set_memory_map: one E820 RAM entry [0, maxmem), so the guest's balloon can grow
+                       to maxmem (without it Xen 4.17 gave the lab's guest memory + 8 MiB)
     populate_physmap   XENMEM_populate_physmap of every pfn; Xen answers each pfn's MFN (the p2m)
     event channels     EVTCHNOP_alloc_unbound twice in the guest, for dom0: xenstore and console
     load memory        PRIVCMD_MMAPBATCH_V2 of the guest's frames; copy in the kernel, ramdisk, p2m list
                        (at INIT_P2M when the kernel asks), start_info, zeroed ring pages, page tables and
                        stack; unmap (Xen will not pin a table that dom0 still maps writable)
+    hypercall page     only for a kernel with a HYPERCALL_PAGE note: XEN_DOMCTL_hypercall_init of that
+                       page's MFN; Xen writes its hypercall stubs there (after the kernel's bytes are in)
     shared info        map the shared info page; mask event upcalls on every vcpu slot
     pin page tables    MMUEXT_PIN_L4_TABLE on the L4 (Xen validates every level; nothing maps a table RW)
     grant table        IOCTL_PRIVCMD_MMAP_RESOURCE of grant table frame 0 (else GNTTABOP_setup_table's frame
@@ -48,10 +52,10 @@ from ..errors import TryAgain, XenError
 from ..hypercall.abi.arch_x86 import VCPU_GUEST_CONTEXT, XEN_LEGACY_MAX_VCPUS
 from ..hypercall.abi.domctl import DomctlCmd
 from ..hypercall.abi.grant_table import GRANT_ENTRY_V1, GnttabReserved, GrantType
-from ..hypercall.abi.memory import MEMORY_RESERVATION, MemOp
+from ..hypercall.abi.memory import E820_ENTRY, FOREIGN_MEMORY_MAP, MEMORY_RESERVATION, E820Type, MemOp
 from ..hypercall.abi.xen import MMUEXT_OP, SHARED_INFO, VCPU_INFO, Hypercall, MmuExtCmd
 from ._config import DomainConfig
-from ._kernel_image import KernelImage, KernelImageError, load_kernel_file
+from ._kernel_image import KernelImage, load_kernel_file
 from ._pvlayout import PAGE, LayoutError, PvLayout, p2m_bytes, page_tables, plan, start_info, vcpu_context
 
 if TYPE_CHECKING:
@@ -135,11 +139,6 @@ def prepare(config: DomainConfig) -> Prepared:
     unreadable ramdisk.
     """
     kernel = load_kernel_file(config.kernel)
-    if kernel.hypercall_page is not None:
-        # Xen fills a guest's hypercall page on XEN_DOMCTL_hypercall_init, which xenpure does not declare
-        # yet; such a kernel would crash on its first hypercall, so it is refused before anything exists.
-        raise KernelImageError(f"kernel {config.kernel}: it asks for a hypercall page (HYPERCALL_PAGE note at "
-                               f"{kernel.hypercall_page:#x}); xenpure cannot initialise one yet")
     ramdisk = b""
     if config.ramdisk is not None:
         ramdisk = _read_bounded(config.ramdisk, min(MAX_RAMDISK_BYTES, config.nr_pages * PAGE))
@@ -227,6 +226,15 @@ class _Build:
     def address_size(self) -> None:
         self.host._domctl(DomctlCmd.set_address_size, self.domid, {"size": 64})
 
+    def memory_map(self) -> None:
+        lay = FOREIGN_MEMORY_MAP.layout()
+        table = E820_ENTRY.pack(0, self.config.maxmem_kib * 1024, int(E820Type.RAM))
+        pc = self.host.privcmd
+        with pc.buffer(lay.size + len(table)) as buf:
+            buf.view[lay.size : lay.size + len(table)] = table
+            buf.view[: lay.size] = lay.build(domid=self.domid, map={"nr_entries": 1, "buffer": buf.address + lay.size})
+            pc.hypercall(Hypercall.memory_op, int(MemOp.set_memory_map), buf.address, subop="set_memory_map")
+
     def populate(self) -> None:
         n = self.config.nr_pages
         lay = MEMORY_RESERVATION.layout()
@@ -305,6 +313,13 @@ class _Build:
                             m.view[len(chunk) : n * PAGE] = bytes(n * PAGE - len(chunk))
                     chunk.release()
                 view.release()
+
+    def hypercall_page(self) -> None:
+        # The note gives the page's virtual address; the bootstrap mapping is 1:1 from VIRT_BASE (pfn 0).
+        va = self.p.kernel.hypercall_page
+        assert va is not None
+        mfn = self.report.p2m[(va - self.p.layout.virt_base) // PAGE]
+        self.host._domctl(DomctlCmd.hypercall_init, self.domid, {"gmfn": mfn})
 
     def shared_info(self) -> None:
         from ..foreignmemory import ForeignMemory
@@ -504,9 +519,11 @@ def build_pv(
         ("max_vcpus", b.max_vcpus),
         ("max_mem", b.max_mem),
         ("address_size", b.address_size),
+        ("memory map", b.memory_map),
         ("populate_physmap", b.populate),
         ("event channels", b.event_channels),
         ("load memory", b.load_memory),
+        *([("hypercall page", b.hypercall_page)] if p.kernel.hypercall_page is not None else []),
         ("shared info", b.shared_info),
         ("pin page tables", b.pin),
         ("grant table", b.grant_table),

@@ -1,10 +1,13 @@
-"""The simulated hypervisor's side of building a PV domain: populate_physmap, mmuext_op pinning and
-setvcpucontext, validated as Xen validates them, and a report of what the guest would see when it starts.
+"""The simulated hypervisor's side of building a PV domain: populate_physmap, set_memory_map, mmuext_op
+pinning, hypercall_init and setvcpucontext, validated as Xen validates them, and a report of what the guest
+would see when it starts.
 
 Rule 1: the simulator checks the build, it does not trust it. Pinning walks the page tables from the L4
 and refuses (EINVAL, as Xen does) a table frame the domain does not own, a table that maps a table frame
 writable, or one that a dom0 mapping still holds writable; setvcpucontext refuses a cr3 that is not a
-pinned L4 of the domain. ``guest_view`` then answers the guest's questions -- what is at ``%rsi``, what
+pinned L4 of the domain. hypercall_init writes the stubs Xen 4.17 wrote in the lab into a frame of the
+domain, and refuses a frame it does not own (EINVAL) or one validated as a page table (EPERM).
+``guest_view`` then answers the guest's questions -- what is at ``%rsi``, what
 does this virtual address map to -- by reading the machine frames, never the builder's own plan.
 """
 
@@ -18,10 +21,10 @@ from typing import Any
 
 from ..hypercall.abi.arch_x86 import VCPU_GUEST_CONTEXT, Vgcf
 from ..hypercall.abi.grant_table import GRANT_ENTRY_V1
-from ..hypercall.abi.memory import MEMORY_RESERVATION, MemOp
+from ..hypercall.abi.memory import E820_ENTRY, E820_MAX_ENTRIES, FOREIGN_MEMORY_MAP, MEMORY_RESERVATION, MemOp
 from ..hypercall.abi.xen import MMUEXT_OP, SHARED_INFO, START_INFO, DomId, MmuExtCmd
 
-__all__ = ["GuestView", "SimBuild"]
+__all__ = ["GuestView", "SimBuild", "hypercall_stub"]
 
 PAGE = 4096
 _PRESENT, _RW, _PSE = 1, 2, 0x80
@@ -29,6 +32,22 @@ _ADDR = 0x000F_FFFF_FFFF_F000
 _SHIFTS = {4: 39, 3: 30, 2: 21, 1: 12}
 #: populate_physmap's most extents per call before Xen would use a continuation (the sim just refuses more).
 _MAX_EXTENTS = 1 << 20
+#: Hypercall numbers a hypercall page has a stub for (4096 bytes / 32 per stub).
+_STUBS = PAGE // 32
+#: __HYPERVISOR_iret: the one stub that does not return (the guest's iret continues where Xen resumes it).
+_IRET = 23
+
+
+def hypercall_stub(nr: int) -> bytes:
+    """The 32 bytes Xen 4.17 wrote at ``nr * 32`` of a 64-bit PV guest's hypercall page, as read back in
+    the lab: ``push %rcx; push %r11; mov $nr,%eax; syscall; pop %r11; pop %rcx; ret``, int3-padded; for
+    iret, ``push %rcx; push %r11; push %rax; mov $23,%eax; syscall`` and no return."""
+    mov = b"\xb8" + struct.pack("<I", nr)
+    if nr == _IRET:
+        code = b"\x51\x41\x53\x50" + mov + b"\x0f\x05"
+    else:
+        code = b"\x51\x41\x53" + mov + b"\x0f\x05\x41\x5b\x59\xc3"
+    return code.ljust(32, b"\xcc")
 
 
 def _err(code: int, why: str) -> Exception:
@@ -43,6 +62,7 @@ class _PvState:
     pinned_l4: set[int] = field(default_factory=set)
     table_frames: set[int] = field(default_factory=set)  # every frame validated as a page table
     shared_info: int | None = None  # the shared info page's frame, owned by the domain
+    memory_map: list[tuple[int, int, int]] | None = None  # set_memory_map's E820 (addr, size, type)
 
 
 @dataclass(frozen=True)
@@ -65,7 +85,7 @@ class SimBuild:
     """Per-domain PV build state of one ``SimXen``."""
 
     #: memory_op sub-ops this model answers (the rest go to the machine memory model).
-    MEMORY_OPS = frozenset({MemOp.populate_physmap})
+    MEMORY_OPS = frozenset({MemOp.populate_physmap, MemOp.set_memory_map})
 
     def __init__(self, xen: Any) -> None:
         self.xen = xen
@@ -98,6 +118,8 @@ class SimBuild:
 
     # -- memory_op ----------------------------------------------------------------------------------------
     def memory_op(self, mem: Any, args: list[int], privileged: bool) -> int:
+        if args[0] == MemOp.set_memory_map:
+            return self._set_memory_map(mem, args[1], privileged)
         lay = MEMORY_RESERVATION.layout()
         req = lay.parse(mem.resolve(args[1], lay.size))
         domid = int(req.domid)
@@ -132,6 +154,37 @@ class SimBuild:
             struct.pack_into("<Q", ext, done * 8, mfn)
             done += 1
         return done
+
+    def _set_memory_map(self, mem: Any, addr: int, privileged: bool) -> int:
+        lay = FOREIGN_MEMORY_MAP.layout()
+        req = lay.parse(mem.resolve(addr, lay.size))
+        domid = 0 if req.domid == DomId.SELF else int(req.domid)  # the caller is dom0
+        if not privileged:
+            raise _err(errno.EPERM, "set_memory_map for another domain")
+        self.xen._domain(domid)
+        n = int(req.map.nr_entries)
+        if n > E820_MAX_ENTRIES:
+            raise _err(errno.EINVAL, f"{n} E820 entries (at most {E820_MAX_ENTRIES})")
+        raw = bytes(mem.resolve(req.map.buffer, n * E820_ENTRY.size)) if n else b""
+        # Xen 4.17 stores the table as given: overlapping, unaligned or unknown-type entries were all accepted.
+        self._state(domid).memory_map = [E820_ENTRY.unpack_from(raw, i * E820_ENTRY.size) for i in range(n)]
+        return 0
+
+    def memory_map(self, domid: int) -> list[tuple[int, int, int]] | None:
+        """The E820 table a PV guest would read with XENMEM_memory_map (None: the toolstack set none)."""
+        st = self.domains.get(domid)
+        return None if st is None or st.memory_map is None else list(st.memory_map)
+
+    # -- domctl hypercall_init --------------------------------------------------------------------------------
+    def hypercall_init(self, domid: int, gmfn: int) -> None:
+        d = self.xen._domain(domid)
+        if d.hvm:
+            raise _err(errno.ENOSYS, "hypercall_init of an HVM domain is not simulated")
+        if self.xen.memory.owner.get(gmfn) != domid:
+            raise _err(errno.EINVAL, f"frame {gmfn:#x} is not a frame of domain {domid}")
+        if gmfn in self._state(domid).table_frames:
+            raise _err(errno.EPERM, f"frame {gmfn:#x} is a page table of domain {domid}, not writable")
+        self.xen.memory.page(gmfn)[:] = b"".join(hypercall_stub(nr) for nr in range(_STUBS))
 
     # -- mmuext_op ----------------------------------------------------------------------------------------
     def mmuext_op(self, mem: Any, args: list[int], privileged: bool) -> int:

@@ -414,6 +414,9 @@ class SimXen:
     def _domctl_setvcpucontext(self, mem: GuestMemory, domid: int, req: Any, view: memoryview) -> None:
         self.build.setvcpucontext(mem, domid, req)
 
+    def _domctl_hypercall_init(self, mem: GuestMemory, domid: int, req: Any, view: memoryview) -> None:
+        self.build.hypercall_init(domid, int(req.gmfn))
+
     def _domctl_settimeoffset(self, mem: GuestMemory, domid: int, req: Any, view: memoryview) -> None:
         self._domain(domid).time_offset = req.time_offset_seconds
 
