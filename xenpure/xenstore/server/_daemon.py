@@ -495,6 +495,9 @@ def run(args: argparse.Namespace) -> int:
         trace = sys.stderr
     elif args.trace:
         trace = open(args.trace, "a", encoding="utf-8")
+    if getattr(args, "xen", False) and not logging.getLogger().handlers:
+        # dom0's daemon: what it maps, binds and releases goes to stderr (its log file), with times.
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     core = ServerCore(quotas=quotas)
     daemon = Xenstored(
         core,
