@@ -217,3 +217,22 @@ def test_copy_into_matches_flat() -> None:
         buf = bytearray(b"\xaa" * n)
         k.copy_into(memoryview(buf), off)
         assert bytes(buf) == bytes(flat[off : off + n])
+
+
+@pytest.mark.parametrize(("compression", "size_in_payload"), [(None, False), ("gzip", False), ("xz", True),
+                                                              ("xz", False), ("bzip2", True)])
+def test_large_kernels_load_the_same_through_populated_memory(tmp_path: Path, compression: str | None,
+                                                              size_in_payload: bool) -> None:
+    """Above 1 MiB a kernel is read or decompressed into populated memory, sized by the payload's size hint
+    when there is one (else grown): the image is byte for byte the one loaded from memory."""
+    import random
+
+    text = b"\x90" * 0x40 + b"\xf4" + random.Random(7).randbytes(3 << 20)
+    elf = make_elf(text=text)
+    want = load_kernel(elf)
+    p = tmp_path / "kernel"
+    p.write_bytes(elf if compression is None else make_bzimage(elf, compression, size_in_payload=size_in_payload))
+    got = load_kernel_file(p)
+    assert isinstance(got.elf, memoryview) and len(got.elf) == len(elf)
+    assert got.elf == elf and got.compression == compression
+    assert got.flat() == want.flat() and got.segments == want.segments

@@ -73,8 +73,12 @@ def make_elf(
     return bytes(out)
 
 
-def make_bzimage(elf: bytes, compression: str = "gzip", *, version: int = 0x020F, setup_sects: int = 4) -> bytes:
-    """A bzImage: setup sectors with the setup header, then protected-mode code holding the payload."""
+def make_bzimage(elf: bytes, compression: str = "gzip", *, version: int = 0x020F, setup_sects: int = 4,
+                 size_in_payload: bool = False) -> bytes:
+    """A bzImage: setup sectors with the setup header, then protected-mode code holding the payload.
+
+    ``size_in_payload``: the ELF's size ends the payload (what Linux's build appends to xz/lzma/bzip2
+    payloads, and what gzip's trailer holds anyway) rather than following it."""
     if compression == "gzip":
         payload = gzip.compress(elf)
     elif compression == "xz":
@@ -89,6 +93,8 @@ def make_bzimage(elf: bytes, compression: str = "gzip", *, version: int = 0x020F
         payload = elf
     else:
         raise ValueError(compression)
+    if size_in_payload and compression != "gzip":
+        payload += struct.pack("<I", len(elf))
     setup = bytearray((setup_sects + 1) * 512)
     setup[0x1F1] = setup_sects
     setup[0x202:0x206] = b"HdrS"
