@@ -492,6 +492,24 @@ def test_asyncio_client_on_the_xenbus_device_does_not_pipeline(kernel: SimKernel
     asyncio.run(main())
 
 
+def test_a_watch_depth_is_refused_on_the_xenbus_device_and_not_sent(kernel: SimKernel) -> None:
+    """The kernel's xenbus device keeps watches itself and drops a depth (seen in the lab): refused locally."""
+    with Client(kernel.open("xenbus"), timeout=5) as xs:
+        with pytest.raises(E.XenstoreNotSupported, match=r"drops a watch's depth.*not sent"):
+            xs.watch("/d", "t", depth=1)
+        assert xs._core.outstanding == 0
+        xs.watch("/d", "t")  # without a depth: fine
+        assert xs.next_watch_event() == WatchEvent("/d", "t")
+
+    async def main() -> None:
+        async with AsyncClient(kernel.open("xenbus"), timeout=5) as axs:
+            with pytest.raises(E.XenstoreNotSupported, match="drops a watch's depth"):
+                await axs.watch("/d", "t", depth=0)
+            assert axs._core.outstanding == 0
+
+    asyncio.run(main())
+
+
 def test_asyncio_timeout_and_hang_up() -> None:
     async def main() -> None:
         dev = SilentDevice()

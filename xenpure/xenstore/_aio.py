@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from ..errors import ConnectionClosed, ProtocolError, Timeout, TransactionConflict, XenstoreError
 from ..kernel import Device, Kernel
 from . import _ops
-from ._client import DEFAULT_ATTEMPTS, DEFAULT_TIMEOUT, can_pipeline, open_device
+from ._client import DEFAULT_ATTEMPTS, DEFAULT_TIMEOUT, can_pipeline, check_watch_depth, open_device
 from ._client_core import ClientCore, Closed, ErrorReply, Reply, WatchEvent
 from ._wire import (
     Control,
@@ -251,6 +251,7 @@ class AsyncClient(_AsyncNodeOps):
 
     async def watch(self, path: str, token: str, *, depth: int | None = None, timeout: float | None = None) -> None:
         """XS_WATCH (see ``Client.watch``)."""
+        check_watch_depth(self.device, path, depth)
         await self._run(_ops.watch(path, token, depth), timeout)
 
     async def unwatch(self, path: str, token: str, *, timeout: float | None = None) -> None:

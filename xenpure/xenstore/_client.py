@@ -29,6 +29,7 @@ from ..errors import (
     Timeout,
     TransactionConflict,
     XenstoreError,
+    XenstoreNotSupported,
 )
 from ..kernel import Device, Kernel
 from . import _ops
@@ -60,7 +61,16 @@ from ._wire import (
     Write,
 )
 
-__all__ = ["DEFAULT_SOCKET", "DEFAULT_TIMEOUT", "Client", "Transaction", "can_pipeline", "socket_candidates"]
+__all__ = [
+    "DEFAULT_SOCKET",
+    "DEFAULT_TIMEOUT",
+    "Client",
+    "Transaction",
+    "can_pipeline",
+    "check_watch_depth",
+    "is_xenbus",
+    "socket_candidates",
+]
 
 log = logging.getLogger("xenpure.xenstore")
 
@@ -90,10 +100,29 @@ def socket_candidates(path: str | None = None) -> list[str]:
     return out
 
 
+def is_xenbus(device: Device) -> bool:
+    """Whether ``device`` is the kernel's xenbus device (/dev/xen/xenbus, /proc/xen/xenbus)."""
+    return device.path.rstrip("/").endswith("/xenbus")
+
+
 def can_pipeline(device: Device) -> bool:
     """Whether requests may be pipelined on ``device``: not on the xenbus device (/dev/xen/xenbus,
     /proc/xen/xenbus), which mangles a request written while another is unanswered (Linux 6.1, lab)."""
-    return not device.path.rstrip("/").endswith("/xenbus")
+    return not is_xenbus(device)
+
+
+def check_watch_depth(device: Device, path: str, depth: int | None) -> None:
+    """Refuse a watch depth the xenbus device would drop: the kernel registers a process's watches itself
+    and passes no depth on (Linux 6.1 in the lab: a WATCH with a depth is accepted there, and fires for the
+    whole subtree, even from a xenstored that refuses depths on its socket)."""
+    if depth is not None and is_xenbus(device):
+        raise XenstoreNotSupported(
+            "ENOSYS",
+            "WATCH",
+            path,
+            f"{device.path} drops a watch's depth (the kernel registers the watch itself): watch without a "
+            "depth, or over xenstored's socket; not sent",
+        )
 
 
 def open_device(kernel: Kernel, path: str | None = None) -> Device:
@@ -326,9 +355,11 @@ class Client(_NodeOps):
         """Register a watch (XS_WATCH) on ``path`` (or ``@introduceDomain``/``@releaseDomain``).
 
         xenstored fires it once straight away, then on every change at or below ``path`` (``depth`` limits
-        how far below, where xenstored supports it). Events are collected with ``next_watch_event`` or
-        ``watch_events``.
+        how far below, where xenstored supports it: ``XenstoreInvalid`` saying so where it does not, and
+        ``XenstoreNotSupported`` on the xenbus device, which would drop it). Events are collected with
+        ``next_watch_event`` or ``watch_events``.
         """
+        check_watch_depth(self.device, path, depth)
         self._run(_ops.watch(path, token, depth), timeout)
 
     def unwatch(self, path: str, token: str, *, timeout: float | None = None) -> None:
