@@ -130,9 +130,11 @@ def test_dom0s_ring_through_proc_xen_when_xenbus_backend_is_missing(sim_xen: Sim
 
 def test_the_store_starts_with_dom0s_nodes(xsd: Daemon) -> None:
     xs = xsd.toolstack()
-    for path in DOM0_NODES:
+    for path, value in DOM0_NODES:
+        assert xs.read(path) == value
         assert xs.get_perms(path) == (Perm(0, PermAccess.NONE),)
-    assert set(xs.directory("/")) == {p.split("/")[1] for p in DOM0_NODES}
+    assert set(xs.directory("/")) == {"local", "tool"}
+    assert xs.directory("/tool") == ("xenstored",)
 
 
 # -- INTRODUCE: the guest's ring ------------------------------------------------------------------------

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import errno
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ...errors import DeviceUnavailable, HypercallError, ProtocolError, XenError
@@ -66,24 +66,32 @@ PAGE = 4096
 #: Event channel ports are below 2**17 in every ABI Xen has (FIFO: 1 << 17); anything else is nonsense.
 _MAX_PORT = 1 << 17
 
-#: What the store holds before anyone writes to it (observed on oxenstored 4.17 in the lab; the rest of
-#: what `xenstore-ls` shows there, /local/domain/0/*, /local/pool/0/name, is written by xen-init-dom0 and
-#: dom0's kernel). Owner dom0, nobody else may read.
-DOM0_NODES = ("/local", "/local/domain", "/tool")
+#: What the store holds before anyone writes to it, as (path, value), owner dom0, nobody else may read.
+#: Observed in the lab: oxenstored 4.17 starts with /local, /local/domain, /tool and /tool/xenstored (its
+#: binary's path; ours names the daemon); /local/domain/0/{name,domid} and /local/pool/0/name are
+#: xen-init-dom0's, /local/domain/0/control/feature-* dom0's kernel's (over dom0's ring), as they are with
+#: xenpure's daemon. oxenstored also lists @introduceDomain and @releaseDomain as nodes under /; they are
+#: watch names, not nodes, and are left out.
+DOM0_NODES: tuple[tuple[str, bytes], ...] = (
+    ("/local", b""),
+    ("/local/domain", b""),
+    ("/tool", b""),
+    ("/tool/xenstored", b"xenpure xenstored"),
+)
 
 
 def seed_dom0_store(core: ServerCore) -> None:
-    """Create ``DOM0_NODES`` (and nothing else) in an empty store, as dom0's xenstored starts."""
+    """Create ``DOM0_NODES`` in the store (those missing), as dom0's xenstored starts."""
     perms = (Perm(0, PermAccess.NONE),)
-    for path in DOM0_NODES:
+    for path, value in DOM0_NODES:
         if path in core.store.nodes:
             continue
-        parent = path.rsplit("/", 1)[0] or "/"
+        parent, leaf = path.rsplit("/", 1)
+        parent = parent or "/"
         core.store.generation += 1
-        core.store.put(path, Node(b"", perms, (), core.store.generation))
+        core.store.put(path, Node(value, perms, (), core.store.generation))
         node = core.store.nodes[parent]
-        leaf = path.rsplit("/", 1)[1]
-        core.store.put(parent, Node(node.value, node.perms, tuple(sorted({*node.children, leaf})), node.generation))
+        core.store.put(parent, replace(node, children=tuple(sorted({*node.children, leaf}))))
 
 
 class _Closeable(Protocol):
