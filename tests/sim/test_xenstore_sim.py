@@ -492,19 +492,25 @@ def test_asyncio_client_on_the_xenbus_device_does_not_pipeline(kernel: SimKernel
     asyncio.run(main())
 
 
-def test_a_watch_depth_is_refused_on_the_xenbus_device_and_not_sent(kernel: SimKernel) -> None:
-    """The kernel's xenbus device keeps watches itself and drops a depth (seen in the lab): refused locally."""
+def test_a_watch_depth_and_reset_watches_are_refused_on_the_xenbus_device(kernel: SimKernel) -> None:
+    """The kernel's xenbus device keeps watches itself and drops a depth, and a RESET_WATCHES there resets the
+    kernel's own connection (both seen in the lab): refused locally, nothing sent."""
     with Client(kernel.open("xenbus"), timeout=5) as xs:
         with pytest.raises(E.XenstoreNotSupported, match=r"drops a watch's depth.*not sent"):
             xs.watch("/d", "t", depth=1)
         assert xs._core.outstanding == 0
         xs.watch("/d", "t")  # without a depth: fine
         assert xs.next_watch_event() == WatchEvent("/d", "t")
+        with pytest.raises(E.XenstoreNotSupported, match=r"kernel's own connection.*not sent"):
+            xs.reset_watches()  # it would reset the kernel's connection, not ours
+        assert xs._core.outstanding == 0
 
     async def main() -> None:
         async with AsyncClient(kernel.open("xenbus"), timeout=5) as axs:
             with pytest.raises(E.XenstoreNotSupported, match="drops a watch's depth"):
                 await axs.watch("/d", "t", depth=0)
+            with pytest.raises(E.XenstoreNotSupported, match="RESET_WATCHES"):
+                await axs.reset_watches()
             assert axs._core.outstanding == 0
 
     asyncio.run(main())

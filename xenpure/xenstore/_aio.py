@@ -20,7 +20,14 @@ from typing import Any, TypeVar
 from ..errors import ConnectionClosed, ProtocolError, Timeout, TransactionConflict, XenstoreError
 from ..kernel import Device, Kernel
 from . import _ops
-from ._client import DEFAULT_ATTEMPTS, DEFAULT_TIMEOUT, can_pipeline, check_watch_depth, open_device
+from ._client import (
+    DEFAULT_ATTEMPTS,
+    DEFAULT_TIMEOUT,
+    can_pipeline,
+    check_reset_watches,
+    check_watch_depth,
+    open_device,
+)
 from ._client_core import ClientCore, Closed, ErrorReply, Reply, WatchEvent
 from ._wire import (
     Control,
@@ -259,7 +266,8 @@ class AsyncClient(_AsyncNodeOps):
         await self._run(_ops.call(Unwatch(path, token)), timeout)
 
     async def reset_watches(self, *, timeout: float | None = None) -> None:
-        """XS_RESET_WATCHES."""
+        """XS_RESET_WATCHES (refused on the xenbus device, see ``Client.reset_watches``)."""
+        check_reset_watches(self.device)
         await self._run(_ops.call(ResetWatches()), timeout)
 
     async def next_watch_event(self, *, timeout: float | None = None) -> WatchEvent:

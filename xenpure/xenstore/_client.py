@@ -67,6 +67,7 @@ __all__ = [
     "Client",
     "Transaction",
     "can_pipeline",
+    "check_reset_watches",
     "check_watch_depth",
     "is_xenbus",
     "socket_candidates",
@@ -109,6 +110,20 @@ def can_pipeline(device: Device) -> bool:
     """Whether requests may be pipelined on ``device``: not on the xenbus device (/dev/xen/xenbus,
     /proc/xen/xenbus), which mangles a request written while another is unanswered (Linux 6.1, lab)."""
     return not is_xenbus(device)
+
+
+def check_reset_watches(device: Device) -> None:
+    """Refuse RESET_WATCHES on the xenbus device: there it is the kernel's own connection that is reset, and
+    every watch of the kernel (its drivers' too) is dropped, not only this process's (seen in the lab: the
+    kernel then fails to release its watches, "xenbus: Failed to release watch ...: -2")."""
+    if is_xenbus(device):
+        raise XenstoreNotSupported(
+            "ENOSYS",
+            "RESET_WATCHES",
+            None,
+            f"on {device.path} it would reset the kernel's own connection (every driver's watches): unwatch "
+            "yours, or close the device, which drops them; not sent",
+        )
 
 
 def check_watch_depth(device: Device, path: str, depth: int | None) -> None:
@@ -367,7 +382,9 @@ class Client(_NodeOps):
         self._run(_ops.call(Unwatch(path, token)), timeout)
 
     def reset_watches(self, *, timeout: float | None = None) -> None:
-        """Drop every watch and transaction of this connection (XS_RESET_WATCHES)."""
+        """Drop every watch and transaction of this connection (XS_RESET_WATCHES). Refused on the xenbus
+        device (``XenstoreNotSupported``), where the connection is the kernel's."""
+        check_reset_watches(self.device)
         self._run(_ops.call(ResetWatches()), timeout)
         self._watch_events.clear()
 
