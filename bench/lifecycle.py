@@ -53,6 +53,19 @@ def c_release_latency(domid_destroy) -> float:  # type: ignore[no-untyped-def]
     return latency
 
 
+def xl_create(name: str) -> None:
+    """`xl create` one guest; once more if xl itself died of a signal (seen under TCG now and then)."""
+    argv = ["xl", "create", GUEST_CFG, f'name="{name}"', "memory=128"]
+    for attempt in (1, 2):
+        out = subprocess.run(argv, capture_output=True, text=True)
+        if out.returncode == 0:
+            return
+        if out.returncode < 0 and attempt == 1:
+            subprocess.run(["xl", "destroy", name], capture_output=True)
+            continue
+        raise SystemExit(f"xl create {name} failed (exit {out.returncode}): {out.stderr.strip()}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--guests", type=int, default=5)
@@ -60,12 +73,9 @@ def main() -> int:
     args = ap.parse_args()
     xc = xc_mod.xc()
     names = [f"bench{i}" for i in range(args.guests)]
-    for name in names:
-        argv = ["xl", "create", GUEST_CFG, f'name="{name}"', "memory=128"]
-        out = subprocess.run(argv, capture_output=True, text=True)
-        if out.returncode != 0:
-            raise SystemExit(f"xl create {name} failed: {out.stderr.strip()}")
     try:
+        for name in names:
+            xl_create(name)
         with xenpure.connect() as host:
             doms = len(host.domain_infos())
             ours = best(host.domain_infos, args.n)
