@@ -271,8 +271,8 @@ def _console_tty(host: Host, domid: int, timeout: float) -> int | None:
 def _relay(fd: int) -> int:
     """Relay the console pty to stdout, and stdin to the guest, until Ctrl-] or the pty closes.
 
-    Without a terminal on stdin (a pipe, /dev/null), stdin's end-of-file only stops the input side: output is
-    relayed until the guest's console goes away or the process is stopped.
+    Without a terminal on stdin (a pipe, /dev/null, a file), stdin's end-of-file, or stdin being unpollable,
+    only stops the input side: output is relayed until the guest's console goes away or the process is stopped.
     """
     import os
     import selectors
@@ -286,7 +286,10 @@ def _relay(fd: int) -> int:
         tty_mod.setraw(stdin)
     sel = selectors.DefaultSelector()
     sel.register(fd, selectors.EVENT_READ)
-    sel.register(stdin, selectors.EVENT_READ)
+    try:
+        sel.register(stdin, selectors.EVENT_READ)
+    except (PermissionError, ValueError):
+        pass  # /dev/null or a regular file cannot be polled (EPERM): there is no input to relay
     try:
         while True:
             for key, _ in sel.select():
