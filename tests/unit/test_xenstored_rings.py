@@ -1,9 +1,16 @@
 """The core's one door out (``DomainRings``): INTRODUCE attaches a ring before the domain counts, RELEASE and
-``domain_gone`` detach it; and the number of /dev/xen/xenbus_backend's ioctl."""
+``domain_gone`` detach it; the number of /dev/xen/xenbus_backend's ioctl; ``--pid-file`` and ``--xen``
+without Xen."""
 
 from __future__ import annotations
 
 import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -104,3 +111,34 @@ def test_xenbus_backend_ioctl_numbers() -> None:
     assert IOCTL_XENBUS_BACKEND_EVTCHN.request == (ord("B") << 8) | 0
     assert IOCTL_XENBUS_BACKEND_SETUP.request == (ord("B") << 8) | 1
     assert IOCTLS["IOCTL_XENBUS_BACKEND_EVTCHN"] is IOCTL_XENBUS_BACKEND_EVTCHN
+
+
+def _xenstored(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "xenpure", "xenstored", *args], stderr=subprocess.PIPE, text=True)
+
+
+def test_the_pid_file_lives_while_the_daemon_serves(tmp_path: Path) -> None:
+    sock, pid_file = tmp_path / "s", tmp_path / "xenstored.pid"
+    p = _xenstored("--socket", str(sock), "--pid-file", str(pid_file))
+    try:
+        deadline = time.monotonic() + 20
+        while not (sock.exists() and pid_file.exists()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert pid_file.read_text() == f"{p.pid}\n"
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(10) == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert not pid_file.exists() and not sock.exists()
+
+
+@pytest.mark.skipif(os.path.exists("/proc/xen/capabilities"), reason="this machine has Xen")
+def test_xen_mode_without_xen_says_so_and_leaves_nothing(tmp_path: Path) -> None:
+    sock, pid_file = tmp_path / "s", tmp_path / "xenstored.pid"
+    p = _xenstored("--xen", "--socket", str(sock), "--pid-file", str(pid_file))
+    _, err = p.communicate(timeout=30)
+    assert p.returncode == 1
+    assert "Xen is not available" in err
+    assert not pid_file.exists() and not sock.exists()
