@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from xenpure import errors as E
 from xenpure.kernel import LinuxKernel
 from xenpure.xenstore import Client
 
@@ -123,6 +124,25 @@ def test_xl_destroy_leaves_nothing_in_the_store(make_guest, xl, wait) -> None:  
     with sock() as xs:
         assert _read(xs, vm) is None
         assert _read(xs, f"/libxl/{domid}") is None
+
+
+def test_a_bad_introduce_answers_enoent_and_leaves_nothing() -> None:
+    pid = int(PID_FILE.read_text().split()[0])
+
+    def held() -> tuple[int, int]:
+        """The daemon's open descriptors and mappings."""
+        return len(os.listdir(f"/proc/{pid}/fd")), len(Path(f"/proc/{pid}/maps").read_text().splitlines())
+
+    with sock() as xs:
+        with pytest.raises(E.NoEntry):
+            xs.introduce(4000, 0x1000, 5)  # no such domain: neither the grant nor the frame maps
+        before = held()  # gntdev and privcmd stay open once used
+        for domid in (4001, 4002, 4003):
+            with pytest.raises(E.NoEntry):
+                xs.introduce(domid, 0x1000, 5)
+            assert not xs.is_domain_introduced(domid)
+        assert held() == before
+    assert "INTRODUCE dom4003 gfn 0x1000 port 5" in daemon_log()
 
 
 def _read(xs: Client, path: str) -> bytes | None:

@@ -10,8 +10,9 @@ What Xen and Linux provide underneath:
 
 * **dom0's own ring.** When xenstored runs in dom0, dom0's kernel allocates its xenstore page and an unbound
   event channel (remote domain 0) and waits for a daemon. ``/dev/xen/xenbus_backend`` gives both: ``mmap``
-  of one page at offset 0 is the page, ``IOCTL_XENBUS_BACKEND_EVTCHN`` returns the port. Older kernels
-  offer ``/proc/xen/xsd_kva`` (mmap) and ``/proc/xen/xsd_port`` (the port as decimal text). The daemon
+  of one page at offset 0 is the page, ``IOCTL_XENBUS_BACKEND_EVTCHN`` returns the port. xenfs offers the
+  same as ``/proc/xen/xsd_kva`` (mmap) and ``/proc/xen/xsd_port`` (the port as decimal text), the fallback
+  when xenbus_backend is missing (the lab's 6.1 kernel has both). The daemon
   binds the port interdomain (EVTCHNOP_bind_interdomain to (0, port)) and rings it once, which tells the
   kernel a xenstored is there; dom0's kernel and /dev/xen/xenbus then speak through that ring as domain 0.
 * **INTRODUCE(domid, gfn, port).** The toolstack filled grant entry 1 (``GNTTAB_RESERVED_XENSTORE``,
