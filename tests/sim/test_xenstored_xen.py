@@ -87,6 +87,9 @@ def xsd(sim_xen: SimXen, tmp_path: Path) -> Iterator[Daemon]:
     yield d
     d.stop()
     assert not d.thread.is_alive()
+    # close undid everything: every device handle (evtchn, gntdev, privcmd, xenbus_backend) and mapping
+    assert d.kernel.open_devices == set()
+    assert d.kernel.live_mappings == 0
 
 
 def wait_for(predicate: Callable[[], bool], what: str) -> None:
