@@ -218,6 +218,8 @@ def test_xenstored_control_and_optional_messages(xs: Client) -> None:
         xs.get_quota("nodes", 0)
     with pytest.raises(E.XenstoreNotSupported, match="SET_QUOTA"):
         xs.set_quota("nodes", 10, 0)
+    with pytest.raises(E.XenstoreNotSupported, match="SET_FEATURE"):
+        xs.set_feature(31000, 0)
 
 
 def test_watch_with_a_depth_is_refused_and_says_why(xs: Client, transport: str, base: str) -> None:
