@@ -285,3 +285,19 @@ def test_a_hostile_ring_index_stops_that_ring_only(xsd: Daemon) -> None:
     wait_for(lambda: front.ring.error == RingErrorCode.RINGIDX, "the ring's error")
     xsd.client_of(front2).write("data/ok", "1")
     assert xsd.toolstack().read(f"/local/domain/{other}/data/ok") == b"1"
+
+
+def test_a_hostile_length_stops_that_ring_with_a_protocol_error(xsd: Daemon) -> None:
+    domid, front = xsd.guest()
+    other, front2 = xsd.guest()
+    # a READ header claiming 70000 payload bytes (XENSTORE_PAYLOAD_MAX is 4096): never buffered, refused
+    header = (2).to_bytes(4, "little") + (1).to_bytes(4, "little") + bytes(4) + (70000).to_bytes(4, "little")
+    assert front.ring.write(header) == len(header)
+    front.bell.notify()
+    wait_for(lambda: front.ring.error == RingErrorCode.PROTO, "the ring's error")
+    assert xsd.toolstack().is_domain_introduced(domid)  # the domain stays; only its ring is dead
+    xsd.client_of(front2).write("data/ok", "1")
+    assert xsd.toolstack().read(f"/local/domain/{other}/data/ok") == b"1"
+    xsd.toolstack().release(domid)  # and the release still unmaps and unbinds it
+    assert domid not in xsd.domains.rings
+    assert not xsd.xen.gnttab.in_use(domid, int(GnttabReserved.XENSTORE))

@@ -360,6 +360,8 @@ class ServerCore:
             # docs/misc/xenstore.txt: a client over XENSTORE_PAYLOAD_MAX gets its connection killed.
             self.disconnect(conn)
             out.append(Drop(conn, str(e)))
+            # The framer keeps the error to raise again: let it keep no frames (and what they hold) alive.
+            e.__traceback__ = None
         return out
 
     def handle(self, conn: int, msg: Message) -> list[Output]:

@@ -10,7 +10,8 @@ Bounds, so a hostile or stuck client cannot grow the daemon's memory: a connecti
 replies unsent (the core's quota, 20 by default) is not read until its peer takes them; one whose unsent
 output passes ``max_backlog`` bytes (watch events it does not read) is dropped (a ring domain, which cannot
 be hung up on, loses the events instead and the daemon logs it). A hostile ring index sets the ring's
-``error`` to XENSTORE_ERROR_RINGIDX and the ring is no longer served (XSA-72).
+``error`` to XENSTORE_ERROR_RINGIDX and the ring is no longer served (XSA-72); a message the core refuses
+to frame (a length over XENSTORE_PAYLOAD_MAX) does the same with XENSTORE_ERROR_PROTO.
 
 ``--trace FILE`` logs every message decoded, one line each way. SIGTERM and SIGINT stop the loop cleanly
 when the daemon runs through ``main``; the handlers are installed there and restored on the way out.
@@ -101,9 +102,21 @@ class _SocketPeer(_Peer):
 class _RingPeer(_Peer):
     def __init__(self, conn: int, domid: int, ring: XenstoreRing, bell: Doorbell, name: str) -> None:
         super().__init__(conn, domid, name)
-        self.ring = ring
+        self._ring: XenstoreRing | None = ring
         self.bell = bell
         self.dead = False
+
+    @property
+    def ring(self) -> XenstoreRing:
+        if self._ring is None:
+            raise ValueError(f"{self.name} is no longer served")
+        return self._ring
+
+    def forget_ring(self) -> None:
+        """Stop serving: drop the ring (its view of the page), so whoever mapped the page can unmap it at once,
+        however long this peer object lingers (a selector batch, a traceback)."""
+        self.dead = True
+        self._ring = None
 
 
 class Xenstored:
@@ -203,7 +216,6 @@ class Xenstored:
             self._adds = [a for a in self._adds if not (a[0] == "ring" and a[3] == domid)]
         peers = [p for p in self._peers.values() if isinstance(p, _RingPeer) and p.domid == domid]
         for peer in peers:
-            peer.dead = True
             self._close(peer, why)
         return len(peers) + len(queued)
 
@@ -318,6 +330,10 @@ class Xenstored:
                 log.info("conn %d (%s) dropped: %s", o.conn, peer.name, o.reason)
                 self._trace(peer, "--", f"DROP {o.reason}")
                 peer.closing = True
+                if isinstance(peer, _RingPeer):  # a ring cannot be hung up on: it says why and is not served
+                    self._ring_write(peer)
+                    self._kill_ring(peer, o.reason, RingErrorCode.PROTO)
+                    continue
             elif isinstance(o, Send):
                 if self.trace is not None:
                     for m in _messages(o.data):
@@ -362,7 +378,7 @@ class Xenstored:
             return
         peer.bell.ack()
         try:
-            while peer.replies < self._outstanding(peer):
+            while not peer.dead and peer.replies < self._outstanding(peer):
                 data = peer.ring.read()
                 if not data:
                     break
@@ -373,6 +389,8 @@ class Xenstored:
             self._kill_ring(peer, str(e))
 
     def _ring_write(self, peer: _RingPeer) -> None:
+        if peer.dead:
+            return
         wrote = False
         try:
             while (view := peer.pending()) is not None:
@@ -387,13 +405,13 @@ class Xenstored:
         if wrote:
             peer.bell.notify()
 
-    def _kill_ring(self, peer: _RingPeer, why: str) -> None:
-        """Stop serving a ring whose peer broke it: the connection goes, then the ring says why."""
+    def _kill_ring(self, peer: _RingPeer, why: str, code: RingErrorCode = RingErrorCode.RINGIDX) -> None:
+        """Stop serving a ring whose peer broke it: the connection goes, then the ring says why (a hostile
+        index: RINGIDX; a message the protocol forbids, e.g. a length over XENSTORE_PAYLOAD_MAX: PROTO)."""
         log.warning("%s: %s", peer.name, why)
-        peer.dead = True
+        peer.ring.error = code
         self._close(peer, why)
-        peer.ring.error = RingErrorCode.RINGIDX
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, ValueError):
             peer.bell.notify()
 
     def _close(self, peer: _Peer, why: str) -> None:
@@ -408,6 +426,7 @@ class Xenstored:
         elif isinstance(peer, _RingPeer):
             with contextlib.suppress(KeyError, ValueError):
                 self._sel.unregister(peer.bell.fileno())
+            peer.forget_ring()
 
     def close(self) -> None:
         """Close every connection and listener (the socket files are removed) and the state file. Idempotent."""

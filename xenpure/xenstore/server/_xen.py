@@ -114,8 +114,8 @@ class _Ring:
         for thing in (self.bell, self.page, *self.extra):
             try:
                 thing.close()
-            except (OSError, ValueError) as e:
-                log.warning("dom%d: closing %r: %s", self.domid, thing, e)
+            except (OSError, ValueError, BufferError) as e:  # BufferError: a view of the page still lives
+                log.error("dom%d: closing %r: %s", self.domid, thing, e)
 
 
 class XenDomains:
