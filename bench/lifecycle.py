@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import statistics
 import subprocess
 import sys
@@ -57,7 +58,7 @@ def xl_create(name: str) -> None:
     """`xl create` one guest; once more if xl itself died of a signal (seen under TCG now and then)."""
     argv = ["xl", "create", GUEST_CFG, f'name="{name}"', "memory=128"]
     for attempt in (1, 2):
-        out = subprocess.run(argv, capture_output=True, text=True)
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=300)
         if out.returncode == 0:
             return
         if out.returncode < 0 and attempt == 1:
@@ -70,7 +71,10 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--guests", type=int, default=5)
     ap.add_argument("-n", type=int, default=200)
+    ap.add_argument("--deadline", type=float, default=900, help="seconds before the bench gives up, printing "
+                    "every thread's stack (a hung C watch or xl must not hold the lab)")
     args = ap.parse_args()
+    faulthandler.dump_traceback_later(args.deadline, exit=True)
     xc = xc_mod.xc()
     names = [f"bench{i}" for i in range(args.guests)]
     try:
@@ -81,10 +85,11 @@ def main() -> int:
             ours = best(host.domain_infos, args.n)
             ours_objs = best(host.domains, args.n)
             theirs = best(xc.domain_getinfo, args.n)
-            print(f"list: {doms} domains, n={args.n}")
+            print(f"list: {doms} domains, n={args.n}", flush=True)
             print(f"  xc.domain_getinfo()     {theirs * 1e6:9.1f} us/call")
             print(f"  Host.domain_infos()     {ours * 1e6:9.1f} us/call  ({ours / theirs:.2f}x C)")
             print(f"  Host.domains()          {ours_objs * 1e6:9.1f} us/call  ({ours_objs / theirs:.2f}x C)")
+            sys.stdout.flush()
 
             domids = {i.domid for i in host.domain_infos()} - {0}
             half = sorted(domids)[: len(domids) // 2]
