@@ -99,6 +99,10 @@ def test_create_vmlinux_boots_and_xl_manages_it(
     wait_marker(name)  # the lab's cmdline has "quiet": the marker is the first line the console shows
     row = xl.list()[name]
     assert (row.domid, row.mem_mib, row.vcpus) == (d.id, cfg.memory, cfg.vcpus)
+    # Directories the builder never writes on their own exist, with the domain directory's permissions.
+    xs, home = host.xenstore, f"/local/domain/{d.id}"
+    for sub in ("memory", "cpu", "store", "console", "control", "device"):
+        assert xs.get_perms(f"{home}/{sub}") == xs.get_perms(home), sub
     # xl's own shutdown: control/shutdown through the guest's xenbus, then the guest powers off.
     xl("shutdown", "-w", name, timeout=120)
     wait(lambda: d.info().shutdown_reason is not None if d.exists() else True, 60, "the guest to shut down")

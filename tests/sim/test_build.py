@@ -368,3 +368,21 @@ def test_cli_create(tmp_path: Path, kernel: Path, capsys: pytest.CaptureFixture[
     cfg.write_text(f'name="cli1"\nmemory=32\nkernel="{cfg}"\n')
     assert main(["create", "--sim", str(cfg)]) == 1
     assert "neither an ELF image nor a bzImage" in capsys.readouterr().err
+
+
+def test_memory_comes_in_2mib_extents_where_xen_has_them(sim_host: xenpure.Host, sim_xen: SimXen, kernel: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    report = build_pv(sim_host, config(kernel, memory=33))  # 16.5 extents: 16 superpages and 128 single pages
+    p2m = report.p2m
+    for first in range(0, 32 * 256, 512):
+        assert p2m[first] % 512 == 0 and list(p2m[first : first + 512]) == list(range(p2m[first], p2m[first] + 512))
+    assert len(set(p2m)) == len(p2m) == 33 * 256
+    assert [sim_xen.build.domains[report.domid].p2m[pfn] for pfn in range(len(p2m))] == list(p2m)
+
+    def no_contiguous_memory(domid: int, order: int) -> int:
+        raise OSError(12, "no contiguous memory")
+
+    monkeypatch.setattr(sim_xen.memory, "alloc_contiguous", no_contiguous_memory)
+    report = build_pv(sim_host, config(kernel, name="g2"))  # falls back to single pages
+    assert sim_xen.build.guest_view(report.domid).start_info.nr_pages == 32 * 256
+    assert len(set(report.p2m)) == 32 * 256

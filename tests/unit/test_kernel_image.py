@@ -234,5 +234,36 @@ def test_large_kernels_load_the_same_through_populated_memory(tmp_path: Path, co
     p.write_bytes(elf if compression is None else make_bzimage(elf, compression, size_in_payload=size_in_payload))
     got = load_kernel_file(p)
     assert isinstance(got.elf, memoryview) and len(got.elf) == len(elf)
-    assert got.elf == elf and got.compression == compression
-    assert got.flat() == want.flat() and got.segments == want.segments
+    assert got.compression == compression and (got.source is None) == (compression is not None)
+    if compression is not None:
+        assert got.elf == elf
+    assert got.flat() == want.flat() and got.segments == want.segments and got.notes == want.notes
+    buf = bytearray(3 * 4096)
+    got.copy_into(memoryview(buf), 4096)
+    assert buf == want.flat()[4096 : 4 * 4096]
+
+
+def test_a_large_elf_file_is_checked_from_its_headers_and_read_at_load(tmp_path: Path) -> None:
+    """A large uncompressed ELF is checked without reading its segments, which are read from the file when
+    copied; a file cut short after the check fails the copy with a clear error, and the checks still refuse
+    a broken one."""
+    text = b"\x90" * 0x40 + b"\xf4" + b"K" * (3 << 20)
+    p = tmp_path / "vmlinux"
+    p.write_bytes(make_elf(text=text))
+    k = load_kernel_file(p)
+    assert k.source is not None
+    assert bytes(k.elf[0x1000 : 0x1000 + 16]) == bytes(16)  # segment bytes were never read into memory
+    assert k.flat()[: 0x42] == text[: 0x42]
+    with p.open("r+b") as f:
+        f.truncate(len(make_elf(text=text)) // 2)
+    with pytest.raises(KernelImageError, match=r"the file ends at .*\(changed since\?\)"):
+        k.flat()
+    p.write_bytes(make_elf(text=text, machine=183))
+    with pytest.raises(KernelImageError, match="wrong architecture"):
+        load_kernel_file(p)
+    p.write_bytes(make_elf(text=text, notes={}))
+    with pytest.raises(KernelImageError, match="no Xen ELF notes"):
+        load_kernel_file(p)
+    p.write_bytes(make_elf(text=text)[: 1 << 20])
+    with pytest.raises(KernelImageError, match="past the end"):
+        load_kernel_file(p)

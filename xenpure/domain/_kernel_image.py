@@ -27,12 +27,14 @@ refused.
 from __future__ import annotations
 
 import bz2
+import dataclasses
 import io
 import itertools
 import lzma
 import mmap
 import os
 import struct
+import weakref
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -180,6 +182,11 @@ class KernelImage:
     ``[virt_kstart, virt_kend)``; ``entry`` is the first instruction. ``elf`` holds the ELF bytes the
     segments refer to (after decompression, for a bzImage); ``compression`` names the bzImage payload's
     format, or None for a plain ELF.
+
+    A large uncompressed ELF read from a file keeps the file open instead (``source``): ``elf`` then holds
+    only what was checked (headers and notes; the rest reads as zero) and segment bytes are read from the
+    file straight into their destination, so a 66 MB kernel is never copied through dom0 memory. If the
+    file shrinks meanwhile, copying raises ``KernelImageError``.
     """
 
     elf: bytes | bytearray | memoryview = field(repr=False)  # never modified
@@ -190,6 +197,14 @@ class KernelImage:
     virt_kstart: int
     virt_kend: int
     compression: str | None = None
+    source: _FileSource | None = field(default=None, repr=False, compare=False)
+
+    def _read(self, dest: memoryview, at: int) -> None:
+        """Fill ``dest`` with the ELF's bytes from offset ``at``."""
+        if self.source is not None:
+            self.source.read_into(dest, at)
+        else:
+            dest[:] = memoryview(self.elf)[at : at + len(dest)]
 
     @property
     def hypercall_page(self) -> int | None:
@@ -209,7 +224,6 @@ class KernelImage:
         """Write bytes ``[offset, offset + len(dest))`` of the in-memory kernel (see ``flat``) into ``dest``:
         segment bytes where segments lie, zero elsewhere. No copy of the whole image is made."""
         end = offset + len(dest)
-        src = memoryview(self.elf)
         pos = offset  # everything before ``pos`` is written
         for seg in self.segments:  # sorted by address, not overlapping
             lo = max(offset, seg.vaddr - self.virt_kstart)
@@ -218,7 +232,7 @@ class KernelImage:
                 if lo > pos:
                     dest[pos - offset : lo - offset] = bytes(lo - pos)
                 at = seg.offset + lo - (seg.vaddr - self.virt_kstart)
-                dest[lo - offset : hi - offset] = src[at : at + hi - lo]
+                self._read(dest[lo - offset : hi - offset], at)
                 pos = hi
         if pos < end:
             dest[pos - offset :] = bytes(end - pos)
@@ -229,7 +243,7 @@ class KernelImage:
         out = bytearray(self.virt_kend - self.virt_kstart)
         for seg in self.segments:
             pos = seg.vaddr - self.virt_kstart
-            out[pos : pos + seg.filesz] = memoryview(self.elf)[seg.offset : seg.offset + seg.filesz]
+            self._read(memoryview(out)[pos : pos + seg.filesz], seg.offset)
         return out
 
     def pages(self) -> Iterator[tuple[int, bytes]]:
@@ -240,7 +254,8 @@ class KernelImage:
         """
         out: dict[int, bytearray] = {}
         for seg in self.segments:
-            data = bytes(self.elf[seg.offset : seg.offset + seg.filesz])
+            data = bytearray(seg.filesz)
+            self._read(memoryview(data), seg.offset)
             pos = seg.vaddr - self.virt_kstart
             i = 0
             while i < len(data):
@@ -255,6 +270,64 @@ class KernelImage:
             yield idx, bytes(out[idx])
 
 
+class _FileSource:
+    """An open kernel file that segment bytes are read from (``KernelImage.source``); closed with the image."""
+
+    def __init__(self, fd: int, size: int, name: str) -> None:
+        self.fd, self.size, self.name = fd, size, name
+        self._finalizer = weakref.finalize(self, os.close, fd)
+
+    def read_into(self, dest: memoryview, at: int) -> None:
+        done = 0
+        while done < len(dest):
+            n = os.preadv(self.fd, [dest[done:]], at + done)
+            if n <= 0:
+                raise KernelImageError(f"kernel {self.name}: the file ends at {at + done:#x}, it was "
+                                       f"{self.size:#x} bytes when checked (changed since?)")
+            done += n
+
+
+def _sparse_elf(fd: int, size: int) -> memoryview:
+    """``size`` bytes that read as the ELF file wherever ``_parse_elf`` looks (the ELF header, the program
+    headers, the note segments, else the section headers and note sections) and as zero elsewhere: an
+    anonymous mapping of which only those pages are ever touched. Out-of-bounds fields are left for
+    ``_parse_elf`` to report."""
+    buf = mmap.mmap(-1, size, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    view = memoryview(buf)
+
+    def fill(start: int, length: int) -> None:
+        if 0 <= start and length > 0 and start + length <= size:
+            got = os.preadv(fd, [view[start : start + length]], start)
+            if got != length:
+                raise KernelImageError(f"short read at {start:#x} (the file changed while being read?)")
+
+    fill(0, min(_EHDR.size, size))
+    if size < _EHDR.size:
+        return view
+    fields = _EHDR.unpack_from(view, 0)
+    phoff, shoff, phentsize, phnum, shentsize, shnum = fields[5], fields[6], fields[9], fields[10], fields[11], \
+        fields[12]
+    if phentsize != _PHDR.size or phnum > _MAX_PHDRS:
+        return view
+    fill(phoff, phnum * _PHDR.size)
+    notes = False
+    if phoff + phnum * _PHDR.size <= size:
+        for i in range(phnum):
+            p_type, _fl, p_offset, _va, _pa, p_filesz, *_ = _PHDR.unpack_from(view, phoff + i * _PHDR.size)
+            if p_type == _PT_NOTE:
+                notes = True
+                fill(p_offset, p_filesz)
+    if notes or shentsize != _SHDR.size or shnum > _MAX_SHDRS:
+        return view
+    fill(shoff, shnum * _SHDR.size)
+    if shoff + shnum * _SHDR.size <= size:
+        for i in range(shnum):
+            _name, sh_type, _f, _a, sh_offset, sh_size, *_ = _SHDR.unpack_from(view, shoff + i * _SHDR.size)
+            if sh_type == _SHT_NOTE:
+                fill(sh_offset, sh_size)
+    return view
+
+
 def load_kernel_file(path: str | Path) -> KernelImage:
     """Read ``path`` (at most ``MAX_KERNEL_BYTES``) and ``load_kernel`` it; errors name the file."""
     p = Path(path)
@@ -264,6 +337,8 @@ def load_kernel_file(path: str | Path) -> KernelImage:
             if size > MAX_KERNEL_BYTES:
                 raise KernelImageError(f"kernel {p}: {size} bytes is larger than the {MAX_KERNEL_BYTES >> 20} MiB "
                                        "xenpure accepts")
+            if size >= _POPULATE_FROM and os.pread(f.fileno(), 4, 0) == _ELFMAG:
+                return _load_elf_file(p, f.fileno(), size)
             data = _read_exactly(f, size)
     except OSError as e:
         raise KernelImageError(f"kernel {p}: cannot read it ({e.strerror})") from e
@@ -274,6 +349,18 @@ def load_kernel_file(path: str | Path) -> KernelImage:
     # Raised outside the handler, with the image dropped: a traceback that keeps this frame (and a cycle
     # through the caught exception) would otherwise keep tens of MiB alive until the cyclic GC runs.
     del data
+    raise KernelImageError(msg)
+
+
+def _load_elf_file(p: Path, fd: int, size: int) -> KernelImage:
+    """A large uncompressed ELF: checked from its headers and notes alone, its segments left in the file."""
+    source = _FileSource(os.dup(fd), size, str(p))
+    try:
+        image = _parse_elf(_sparse_elf(source.fd, size), None)
+    except KernelImageError as e:
+        msg = f"kernel {p}: {e}"
+    else:
+        return dataclasses.replace(image, source=source)
     raise KernelImageError(msg)
 
 

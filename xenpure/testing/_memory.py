@@ -157,6 +157,21 @@ class SimMemory:
                 out.append(mfn)
         return out
 
+    def alloc_contiguous(self, domid: int, order: int) -> int:
+        """``2**order`` zeroed frames owned by ``domid``, contiguous and aligned to their size (a superpage);
+        returns the first."""
+        n = 1 << order
+        with self._lock:
+            start = (self._next + n - 1) & ~(n - 1)
+            if start + n > NR_FRAMES:
+                raise _err(errno.ENOMEM, f"no free aligned run of {n} frames")
+            self._free.extend(range(self._next, start))  # the frames skipped for alignment stay usable
+            self._next = start + n
+            self.machine[start * PAGE : (start + n) * PAGE] = bytes(n * PAGE)
+            for mfn in range(start, start + n):
+                self.owner[mfn] = domid
+        return start
+
     def free(self, mfns: Sequence[int]) -> None:
         with self._lock:
             for mfn in mfns:
