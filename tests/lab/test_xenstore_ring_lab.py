@@ -130,6 +130,9 @@ def test_server_features_cross_the_grant(loop: Loop) -> None:
     assert bytes(loop.front_view[LAYOUT.server_features : LAYOUT.server_features + 4]) == bytes(
         loop.back_view[LAYOUT.server_features : LAYOUT.server_features + 4]
     )
+    with pytest.raises(E.XenstoreNotSupported, match="RECONNECTION"):
+        loop.device.reconnect(timeout=TIMEOUT)  # not advertised: not asked for
+    assert front.connection == 0
     request = 16 + len(f"{DOMID}\0")  # GET_DOMAIN_PATH "4": the only traffic so far
     reply = 16 + len(f"{HOME}\0")
     assert _u32(loop.front_view, LAYOUT.req_prod) == START + request
