@@ -33,6 +33,14 @@ A guest that keeps rebooting straight away would spin the host; more than ``max_
 The supervisor ends when the domain it follows is destroyed (by its action or by anyone else), preserved,
 or when ``run(timeout=...)`` runs out. It holds no state Xen does not: a supervisor that dies can be
 replaced by a new one for the same domain and config.
+
+Where it runs: ``xenpure create FILE`` starts ``xenpure supervise DOMID FILE`` as a process of its own (a
+new session, no terminal, output appended to /var/log/xen/xenpure-supervise-NAME.log) and returns, as
+``xl create`` leaves its per-domain daemon behind: the command must return for scripts, yet someone must
+outlive it to see the guest power off or reboot, and a separate process (rather than a fork of the CLI)
+starts from a clean interpreter with connections of its own. ``-F`` keeps it in the foreground instead
+(systemd units, containers); ``-e`` starts none. In Python, ``Supervisor(host, config, domain).run()`` in
+any thread or process does the same.
 """
 
 from __future__ import annotations
