@@ -185,9 +185,11 @@ class Host:
 
         The builder (``_builder.build_pv``) checks the kernel and layout first (``KernelImageError``,
         ``LayoutError``: no domain is created), then issues createdomain, max_vcpus, max_mem,
-        populate_physmap, EVTCHNOP_alloc_unbound, foreign mappings of the guest's frames, MMUEXT_PIN_L4_TABLE,
-        the grant table seeding, setvcpucontext, the xenstore entries and XS_INTRODUCE; any failure after
-        createdomain undoes it all and raises ``BuildError`` naming the step.
+        XENMEM_set_memory_map, populate_physmap, EVTCHNOP_alloc_unbound, foreign mappings of the guest's frames
+        (XEN_DOMCTL_hypercall_init for a kernel with a HYPERCALL_PAGE note), MMUEXT_PIN_L4_TABLE, the grant
+        table seeding, setvcpucontext, the xenstore entries and XS_INTRODUCE; any failure after createdomain
+        undoes it all and raises ``BuildError`` naming the step. Nothing here acts on the config's on_*
+        actions: a ``Supervisor`` does (``xenpure create`` starts one).
         """
         from ._builder import build_pv
 
