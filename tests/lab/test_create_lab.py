@@ -436,3 +436,57 @@ def test_hypercall_init_on_real_xen_matches_the_simulator(
             host._domctl(DomctlCmd.hypercall_init, d.id, {"gmfn": 0xFFFFFFFFF})
     finally:
         d.destroy()
+
+
+def test_on_crash_rename_restart_in_process(
+    host: xenpure.Host, lab_config: DomainConfig, names: Callable[[str], str], xl: Any, wait: Any
+) -> None:
+    """A Supervisor in a thread of this process: the guest is shut down with reason crash (as Xen records a
+    crash: SCHEDOP_remote_shutdown), on_crash="rename-restart" keeps the dead domain as NAME-<domid> and
+    boots a new NAME; `xl list` shows both."""
+    from xenpure.domain import Action, Outcome, Supervisor
+    from xenpure.hypercall.abi.sched import ShutdownReason
+
+    name = names("rr")
+    cfg = dataclasses.replace(lab_config, name=name, on_crash=Action.RENAME_RESTART)
+    d = host.create(cfg)
+    d.start()
+    first = wait_marker(name)
+    result: list[object] = []
+
+    def follow() -> None:
+        with xenpure.connect() as h:
+            sup = Supervisor(h, cfg, d.id)
+            try:
+                result.append(sup.run(timeout=240))
+            except BaseException as e:
+                result.append(e)
+            result.append(sup)
+
+    t = threading.Thread(target=follow)
+    t.start()
+    try:
+        time.sleep(1)
+        d.remote_shutdown(ShutdownReason.crash)
+        kept = f"{name}-{d.id}"
+        wait(lambda: kept in xl.list() and (xl.domid(name) or d.id) != d.id, 240,
+             f"{name} to be kept as {kept} and restarted")
+        rows = xl.list()
+        assert rows[kept].domid == d.id and "c" in rows[kept].state, rows[kept]
+        new = rows[name].domid
+
+        def booted_again() -> bool:  # xenconsoled logs the new incarnation under the same name
+            now = console(name)
+            return now.count(MARKER) >= 2 or (not now.startswith(first) and MARKER in now)
+
+        wait(booted_again, BOOT_TIMEOUT, f"the new {name} to reach its marker")
+        host.domain(new).destroy()
+    finally:
+        t.join(120)
+        if d.exists():
+            d.destroy()
+    assert result and result[0] is Outcome.GONE, result
+    sup = result[1]
+    assert isinstance(sup, Supervisor)
+    (a,) = sup.applied
+    assert (a.action, a.renamed_to, a.new_domid) == (Action.RENAME_RESTART, kept, new)
