@@ -38,10 +38,11 @@ def test_guest_boots_to_its_marker(xl, guest):
     assert "XENPURE-GUEST-UP kernel" in console
 
 
-def test_guest_orderly_shutdown(xl, guest):
+def test_guest_orderly_shutdown(xl, guest, wait):
     guest.wait_console()  # the kernel must be up to hear the request
     xl("shutdown", "-w", guest.name)  # xenstore control/shutdown -> guest runs /sbin/poweroff
-    assert guest.name not in xl.list()
+    # `-w` returns once the guest has shut down; xl's monitor then applies on_poweroff="destroy".
+    wait(lambda: guest.name not in xl.list(), 60, f"{guest.name} destroyed after its poweroff")
 
 
 def test_guest_destroy(xl, guest):
