@@ -159,24 +159,35 @@ def test_a_domain_over_an_in_process_ring(tmp_path: Path) -> None:
     b.close()
 
 
-def test_the_cli_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
-    sock = str(tmp_path / "s")
-    p = subprocess.Popen(
-        [sys.executable, "-m", "xenpure", "xenstored", "--socket", sock, "--trace", str(tmp_path / "t")],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+@contextlib.contextmanager
+def daemon_process(*args: str, ready: tuple[Path, ...]) -> Iterator[subprocess.Popen[str]]:
+    """``xenpure xenstored ARGS`` as a process, yielded once every path in ``ready`` exists; on the way out a
+    SIGTERM must stop it with status 0 (it is killed if it does not)."""
+    p = subprocess.Popen([sys.executable, "-m", "xenpure", "xenstored", *args], stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 20
-        while not os.path.exists(sock) and time.monotonic() < deadline:
+        while not all(r.exists() for r in ready) and time.monotonic() < deadline:
             time.sleep(0.05)
-        with client(sock) as xs:
-            xs.write("/x", "1")
+        yield p
         p.send_signal(signal.SIGTERM)
         assert p.wait(10) == 0
     finally:
         if p.poll() is None:
             p.kill()
             p.wait()
-    assert not os.path.exists(sock)
+
+
+def test_the_cli_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    sock = tmp_path / "s"
+    with daemon_process("--socket", str(sock), "--trace", str(tmp_path / "t"), ready=(sock,)):
+        with client(str(sock)) as xs:
+            xs.write("/x", "1")
+    assert not sock.exists()
     assert "WRITE" in (tmp_path / "t").read_text()
+
+
+def test_the_pid_file_lives_while_the_daemon_serves(tmp_path: Path) -> None:
+    sock, pid_file = tmp_path / "s", tmp_path / "xenstored.pid"
+    with daemon_process("--socket", str(sock), "--pid-file", str(pid_file), ready=(sock, pid_file)) as p:
+        assert pid_file.read_text() == f"{p.pid}\n"
+    assert not pid_file.exists() and not sock.exists()
