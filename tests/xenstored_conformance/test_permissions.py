@@ -87,6 +87,13 @@ def test_set_target_gives_the_controller_the_targets_rights(xs: Conn, guest: Gue
     assert cg(W.Read(f"{base}/granted")) == b"g"  # and what the target was granted
 
 
+def test_set_target_to_dom0_is_accepted(xs: Conn, guest: Guest) -> None:
+    """dom0 is always introduced: both 4.17 daemons accept SET_TARGET of a guest to domain 0 (seen in the lab,
+    with a guest `xl` created), and so must xenpure's."""
+    d, _ = guest()
+    assert xs.err(W.SetTarget(d, 0)) is None
+
+
 def test_the_read_only_socket(target: Target, xs: Conn, base: str) -> None:
     ro = target.connect(readonly=True)
     xs(W.Write(f"{base}/v", b"1"))

@@ -821,7 +821,7 @@ class ServerCore:
             return None
         if isinstance(r, SetTarget):
             d = self.domains.get(r.domid)
-            if d is None or r.target not in self.domains:
+            if d is None or (r.target != 0 and r.target not in self.domains):  # dom0 is always introduced
                 raise _Fail("ENOENT", "both domains must be introduced")
             d.target = r.target
             return None
