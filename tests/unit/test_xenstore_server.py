@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from xscore import ask, watch_events
 
 from xenpure.xenstore import _wire as W
 from xenpure.xenstore._server_core import Drop, Send, ServerCore
@@ -33,19 +34,6 @@ def seeded() -> tuple[ServerCore, int, int]:
     ):
         s.call(dom0, req)
     return s, dom0, dom5
-
-
-def ask(s: ServerCore, conn: int, req: W.Request[Any], tx_id: int = 0) -> tuple[str, Any]:
-    """("ok", value) or ("err", name) for the reply to ``req``; watch events are returned separately."""
-    out = s.receive_data(conn, req.encode(req_id=42, tx_id=tx_id))
-    first = out[0]
-    assert isinstance(first, Send)
-    (m,) = W.iter_messages(first.data)
-    assert m.req_id == 42 and m.tx_id == tx_id
-    if m.type is XsType.ERROR:
-        return "err", W.parse_error(m.payload)
-    assert m.type is req.TYPE
-    return "ok", req.parse_reply(m.payload)
 
 
 TABLE: list[tuple[str, int, W.Request[Any], tuple[str, Any]]] = [
@@ -189,16 +177,6 @@ def test_transactions_creating_siblings_do_not_conflict() -> None:
     ask(s, dom0, W.Write("/p/x", b""), tx_id=tid)
     ask(s, other, W.Write("/p/y", b""))
     assert ask(s, dom0, W.TransactionEnd(True), tx_id=tid) == ("err", "EAGAIN")
-
-
-def watch_events(out: list[Any], conn: int) -> list[tuple[str, str]]:
-    return [
-        W.parse_watch_event(m.payload)
-        for o in out
-        if isinstance(o, Send) and o.conn == conn
-        for m in W.iter_messages(o.data)
-        if m.type is XsType.WATCH_EVENT
-    ]
 
 
 def test_watch_fires_after_its_reply_and_on_commit_only() -> None:

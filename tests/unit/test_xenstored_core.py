@@ -7,32 +7,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from xscore import ask, watch_events
 
 from xenpure.xenstore import _wire as W
-from xenpure.xenstore._server_core import DEFAULT_QUOTAS, Send, ServerCore
-from xenpure.xenstore._wire import Perm, PermAccess, XsType
+from xenpure.xenstore._server_core import DEFAULT_QUOTAS, ServerCore
+from xenpure.xenstore._wire import Perm, PermAccess
 
 N, R, B = PermAccess.NONE, PermAccess.READ, PermAccess.BOTH
-
-
-def ask(s: ServerCore, conn: int, req: W.Request[Any], tx_id: int = 0) -> tuple[str, Any]:
-    out = s.receive_data(conn, req.encode(req_id=7, tx_id=tx_id))
-    first = out[0]
-    assert isinstance(first, Send)
-    m = next(W.iter_messages(first.data))
-    if m.type is XsType.ERROR:
-        return "err", W.parse_error(m.payload)
-    return "ok", req.parse_reply(m.payload)
-
-
-def events(out: list[Any], conn: int) -> list[tuple[str, str]]:
-    return [
-        W.parse_watch_event(m.payload)
-        for o in out
-        if isinstance(o, Send) and o.conn == conn
-        for m in W.iter_messages(o.data)
-        if m.type is XsType.WATCH_EVENT
-    ]
 
 
 def guest_server(**quotas: int) -> tuple[ServerCore, int, int]:
@@ -160,13 +141,13 @@ def test_release_cleans_up_and_a_reused_domid_starts_afresh() -> None:
     watcher = s.connect(0)
     ask(s, watcher, W.Watch("/local/domain/5/a", "w"))
     _, out = s.call(dom0, W.Release(5))
-    assert ("/local/domain/5/a", "w") in events(out, watcher)  # the removal fires
+    assert ("/local/domain/5/a", "w") in watch_events(out, watcher)  # the removal fires
     assert ask(s, dom0, W.Read("/local/domain/5")) == ("err", "ENOENT")
     assert ask(s, dom0, W.GetPerms("/shared")) == ("ok", (Perm(0, N),))
     s.call(dom0, W.Introduce(5, 2, 2))  # a new domain 5
     assert ask(s, dom5, W.Read("/shared")) == ("err", "EACCES")
     _, out = s.call(dom0, W.Write("/shared", b"x"))
-    assert events(out, dom5) == []  # the old domain's watch is gone
+    assert watch_events(out, dom5) == []  # the old domain's watch is gone
     s.call(dom0, W.Mkdir("/local/domain/5"))
     s.call(dom0, W.SetPerms("/local/domain/5", (Perm(5, N),)))
     for leaf in ("a", "b", "c"):
@@ -193,14 +174,14 @@ def test_special_watches_need_permission_and_per_domain_form() -> None:
     s.call(dom0, W.Introduce(7, 1, 1))
     s.call(dom0, W.Introduce(8, 1, 1))
     out = s.fire_special("@releaseDomain", 8)
-    assert events(out, dom5) == []
-    assert events(out, dom0) == [("@releaseDomain/8", "all")]
+    assert watch_events(out, dom5) == []
+    assert watch_events(out, dom0) == [("@releaseDomain/8", "all")]
     assert ask(s, dom5, W.SetPerms("@releaseDomain", (Perm(0, N), Perm(5, R)))) == ("err", "EACCES")
     s.call(dom0, W.SetPerms("@releaseDomain", (Perm(0, N), Perm(5, R))))
     assert ask(s, dom5, W.GetPerms("@releaseDomain")) == ("ok", (Perm(0, N), Perm(5, R)))
     _, out = s.call(dom0, W.Release(7))
-    assert events(out, dom5) == [("@releaseDomain", "r")]
-    assert sorted(events(out, dom0)) == [("@releaseDomain/7", "all"), ("@releaseDomain/7", "seven")]
+    assert watch_events(out, dom5) == [("@releaseDomain", "r")]
+    assert sorted(watch_events(out, dom0)) == [("@releaseDomain/7", "all"), ("@releaseDomain/7", "seven")]
 
 
 def test_removal_of_an_unreadable_node_is_not_reported() -> None:
@@ -210,10 +191,10 @@ def test_removal_of_an_unreadable_node_is_not_reported() -> None:
     s.call(dom0, W.SetPerms("/local/domain/5/secret", (Perm(0, N),)))
     ask(s, dom5, W.Watch("/local/domain/5", "t", None))
     _, out = s.call(dom0, W.Rm("/local/domain/5/secret"))
-    assert events(out, dom5) == []
+    assert watch_events(out, dom5) == []
     s.call(dom0, W.Write("/local/domain/5/open", b""))
     _, out = s.call(dom0, W.Rm("/local/domain/5/open"))
-    assert events(out, dom5) == [("/local/domain/5/open", "t")]
+    assert watch_events(out, dom5) == [("/local/domain/5/open", "t")]
 
 
 def test_a_deep_tree_is_removed_without_recursion() -> None:
@@ -274,4 +255,4 @@ def test_a_readable_watched_node_removed_with_an_unreadable_parent_is_reported()
     ask(s, dom5, W.Watch("/p/mine", "m"))
     ask(s, dom5, W.Watch("/p", "p"))
     _, out = s.call(dom0, W.Rm("/p"))
-    assert events(out, dom5) == [("/p/mine", "m")]
+    assert watch_events(out, dom5) == [("/p/mine", "m")]
