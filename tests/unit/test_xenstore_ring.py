@@ -4,7 +4,6 @@ hostile indices, and a whole client <-> server conversation carried over it."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import select
 import shutil
 import socket
@@ -18,6 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from xenpure import errors as E
+from xenpure.testing import SocketDoorbell
 from xenpure.xenstore import AsyncClient, Client, WatchEvent
 from xenpure.xenstore import _wire as W
 from xenpure.xenstore._client_core import ClientCore, Reply
@@ -181,26 +181,6 @@ def test_a_conversation_over_the_ring() -> None:
     assert [r.value for r in replies] == [None, b"v" * 1500]
 
 
-class SocketBell:
-    """A doorbell from a socketpair: notify sends a byte to the peer, ack drains ours."""
-
-    def __init__(self, mine: socket.socket) -> None:
-        self.sock = mine
-        self.sock.setblocking(False)
-
-    def fileno(self) -> int:
-        return self.sock.fileno()
-
-    def notify(self) -> None:
-        with contextlib.suppress(BlockingIOError):
-            self.sock.send(b"!")
-
-    def ack(self) -> None:
-        with contextlib.suppress(BlockingIOError):
-            while self.sock.recv(4096):
-                pass
-
-
 def serve(dev: RingDevice, server: ServerCore, conn: int, stop: threading.Event) -> None:
     """A minimal xenstored loop over the back end of a ring."""
     while not stop.is_set():
@@ -221,8 +201,8 @@ def serve(dev: RingDevice, server: ServerCore, conn: int, stop: threading.Event)
 def test_a_client_over_a_ring_device() -> None:
     buf = page(2**32 - 100)
     a, b = socket.socketpair()
-    front = RingDevice(XenstoreRing(buf), SocketBell(a), path="ring:front")
-    back = RingDevice(XenstoreRing(buf, back=True), SocketBell(b), path="ring:back")
+    front = RingDevice(XenstoreRing(buf), SocketDoorbell(a), path="ring:front")
+    back = RingDevice(XenstoreRing(buf, back=True), SocketDoorbell(b), path="ring:back")
     server = ServerCore()
     conn = server.connect(0)
     stop = threading.Event()
@@ -260,7 +240,7 @@ class Backend:
     """A xenstored loop over the back end of a ring that also does what docs/misc/xenstore-ring.txt asks of a
     server on a reconnection request (empty both halves, forget the connection, say connected, ring)."""
 
-    def __init__(self, buf: bytearray, bell: SocketBell, features: ServerFeature) -> None:
+    def __init__(self, buf: bytearray, bell: SocketDoorbell, features: ServerFeature) -> None:
         self.ring = XenstoreRing(buf, back=True)
         self.ring.server_features = features
         self.dev = RingDevice(self.ring, bell, path="ring:back")
@@ -303,9 +283,9 @@ class Backend:
 def test_the_front_end_honours_the_error_indicator_only_when_advertised() -> None:
     buf = page(2**32 - 7)
     a, b = socket.socketpair()
-    with Backend(buf, SocketBell(b), ServerFeature(0)) as back:
+    with Backend(buf, SocketDoorbell(b), ServerFeature(0)) as back:
         back.ring.error = RingErrorCode.RINGIDX  # not advertised: meaningless, the front end ignores it
-        front = RingDevice(XenstoreRing(buf), SocketBell(a), path="ring:front")
+        front = RingDevice(XenstoreRing(buf), SocketDoorbell(a), path="ring:front")
         with Client(front, timeout=5) as xs:  # type: ignore[arg-type]
             xs.write("/e", "1")
             assert xs.read("/e") == b"1"
@@ -325,8 +305,8 @@ def test_the_front_end_honours_the_error_indicator_only_when_advertised() -> Non
 def test_reconnection() -> None:
     buf = page(500)
     a, b = socket.socketpair()
-    with Backend(buf, SocketBell(b), ServerFeature.RECONNECTION | ServerFeature.ERROR) as back:
-        front = RingDevice(XenstoreRing(buf), SocketBell(a), path="ring:front")
+    with Backend(buf, SocketDoorbell(b), ServerFeature.RECONNECTION | ServerFeature.ERROR) as back:
+        front = RingDevice(XenstoreRing(buf), SocketDoorbell(a), path="ring:front")
         xs = Client(front, timeout=5)  # type: ignore[arg-type]
         xs.write("/r", "kept")
         xs.watch("/r", "t")
@@ -356,11 +336,11 @@ def test_reconnection() -> None:
 def test_reconnection_needs_the_feature() -> None:
     buf = page()
     a, b = socket.socketpair()
-    front = RingDevice(XenstoreRing(buf), SocketBell(a))
+    front = RingDevice(XenstoreRing(buf), SocketDoorbell(a))
     with pytest.raises(E.XenstoreNotSupported, match="RECONNECTION"):
         front.reconnect(timeout=1)
     assert front.ring.connection == 0  # nothing was asked
     with pytest.raises(PermissionError):
-        RingDevice(XenstoreRing(buf, back=True), SocketBell(b)).reconnect(timeout=1)
+        RingDevice(XenstoreRing(buf, back=True), SocketDoorbell(b)).reconnect(timeout=1)
     a.close()
     b.close()

@@ -19,6 +19,7 @@ import pytest
 
 from xenpure import errors as E
 from xenpure.kernel import LinuxKernel
+from xenpure.testing import SocketDoorbell
 from xenpure.xenstore import Client, RingDevice, WatchEvent, XenstoreRing
 from xenpure.xenstore import _wire as W
 from xenpure.xenstore._ring import RingErrorCode
@@ -110,24 +111,6 @@ def test_a_client_that_does_not_read_is_bounded(tmp_path: Path) -> None:
         hog.close()
 
 
-class _Bell:
-    def __init__(self, s: socket.socket) -> None:
-        self.s = s
-        s.setblocking(False)
-
-    def fileno(self) -> int:
-        return self.s.fileno()
-
-    def notify(self) -> None:
-        with contextlib.suppress(BlockingIOError):
-            self.s.send(b"!")
-
-    def ack(self) -> None:
-        with contextlib.suppress(BlockingIOError):
-            while self.s.recv(4096):
-                pass
-
-
 def test_a_domain_over_an_in_process_ring(tmp_path: Path) -> None:
     page = bytearray(4096)
     a, b = socket.socketpair()
@@ -136,8 +119,8 @@ def test_a_domain_over_an_in_process_ring(tmp_path: Path) -> None:
         d.core.call(dom0, W.Introduce(4, 1, 1))
         d.core.call(dom0, W.Mkdir("/local/domain/4"))
         d.core.call(dom0, W.SetPerms("/local/domain/4", (W.Perm(4, W.PermAccess.NONE),)))
-        d.add_ring(4, XenstoreRing(page, back=True), _Bell(b))
-        with Client(RingDevice(XenstoreRing(page), _Bell(a), path="ring"), timeout=5) as xs:  # type: ignore[arg-type]
+        d.add_ring(4, XenstoreRing(page, back=True), SocketDoorbell(b))
+        with Client(RingDevice(XenstoreRing(page), SocketDoorbell(a), path="ring"), timeout=5) as xs:  # type: ignore[arg-type]
             xs.write("home", b"y" * 2000)  # twice the ring
             assert XenstoreRing(page).server_features == 6  # ERROR | WATCHDEPTH
             assert xs.read("/local/domain/4/home") == b"y" * 2000
@@ -150,7 +133,7 @@ def test_a_domain_over_an_in_process_ring(tmp_path: Path) -> None:
         # XSA-72: a hostile request index stops the ring, not the daemon
         ring = XenstoreRing(page)
         ring._set(2052, ring._get(2048) + 5000)
-        _Bell(a).notify()
+        SocketDoorbell(a).notify()
         deadline = time.monotonic() + 5
         while XenstoreRing(page, back=True).error != RingErrorCode.RINGIDX and time.monotonic() < deadline:
             time.sleep(0.01)

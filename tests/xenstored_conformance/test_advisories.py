@@ -24,32 +24,16 @@ def test_xsa_72_hostile_ring_indexes(target: Target) -> None:
     """XSA-72: xenstored trusted the ring indexes a guest controls. A producer index too far ahead must
     not make the server read out of bounds or stop serving others."""
     target.need_xenpure("needs a ring transport the suite can drive")
+    from xenpure.testing import SocketDoorbell
     from xenpure.xenstore import XenstoreRing
     from xenpure.xenstore._ring import RingErrorCode
 
-    class Bell:
-        def __init__(self, s: socket.socket) -> None:
-            self.s = s
-            s.setblocking(False)
-
-        def fileno(self) -> int:
-            return self.s.fileno()
-
-        def notify(self) -> None:
-            with contextlib.suppress(BlockingIOError):
-                self.s.send(b"!")
-
-        def ack(self) -> None:
-            with contextlib.suppress(BlockingIOError):
-                while self.s.recv(4096):
-                    pass
-
     page = bytearray(4096)
     a, b = socket.socketpair()
-    target.daemon.add_ring(0x7FE0, XenstoreRing(page, back=True), Bell(b))
+    target.daemon.add_ring(0x7FE0, XenstoreRing(page, back=True), SocketDoorbell(b))
     front = XenstoreRing(page)
     front._set(2052, 0x7FFF_0000)  # req_prod far beyond req_cons
-    Bell(a).notify()
+    SocketDoorbell(a).notify()
     deadline = time.monotonic() + 5
     while front.error != RingErrorCode.RINGIDX and time.monotonic() < deadline:
         time.sleep(0.01)

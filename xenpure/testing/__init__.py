@@ -9,7 +9,8 @@ fresh simulated hypervisor for each test; ``sim_xen`` is the hypervisor state be
 
 from __future__ import annotations
 
+from ._doorbells import SocketDoorbell
 from ._hypervisor import SimDomain, SimVcpu, SimXen, XenErrno
 from ._kernel import SimBuffer, SimDevice, SimKernel
 
-__all__ = ["SimBuffer", "SimDevice", "SimDomain", "SimKernel", "SimVcpu", "SimXen", "XenErrno"]
+__all__ = ["SimBuffer", "SimDevice", "SimDomain", "SimKernel", "SimVcpu", "SimXen", "SocketDoorbell", "XenErrno"]
