@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import errno
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ...errors import DeviceUnavailable, HypercallError, ProtocolError, XenError
@@ -53,8 +53,8 @@ from ...hypercall.abi.linux_xenbus import IOCTL_XENBUS_BACKEND_EVTCHN
 from ...kernel import Kernel
 from .._doorbell import EvtchnDoorbell
 from .._ring import XenstoreRing
-from .._server_core import Node, Output, ServerCore
-from .._wire import Perm, PermAccess
+from .._server_core import Output, ServerCore
+from .._wire import Write
 
 if TYPE_CHECKING:
     from ._daemon import Xenstored
@@ -82,17 +82,15 @@ DOM0_NODES: tuple[tuple[str, bytes], ...] = (
 
 
 def seed_dom0_store(core: ServerCore) -> None:
-    """Create ``DOM0_NODES`` in the store (those missing), as dom0's xenstored starts."""
-    perms = (Perm(0, PermAccess.NONE),)
-    for path, value in DOM0_NODES:
-        if path in core.store.nodes:
-            continue
-        parent, leaf = path.rsplit("/", 1)
-        parent = parent or "/"
-        core.store.generation += 1
-        core.store.put(path, Node(value, perms, (), core.store.generation))
-        node = core.store.nodes[parent]
-        core.store.put(parent, replace(node, children=tuple(sorted({*node.children, leaf}))))
+    """Create ``DOM0_NODES`` in the store (those missing), as dom0's xenstored starts: written by dom0
+    through the core like any write, so each inherits the root's permissions (dom0's, nobody else's)."""
+    conn = core.connect(0)
+    try:
+        for path, value in DOM0_NODES:
+            if path not in core.store.nodes:
+                core.call(conn, Write(path, value))
+    finally:
+        core.disconnect(conn)
 
 
 class _Closeable(Protocol):
