@@ -514,7 +514,7 @@ def run(args: argparse.Namespace) -> int:
         trace = sys.stderr
     elif args.trace:
         trace = open(args.trace, "a", encoding="utf-8")
-    if getattr(args, "xen", False) and not logging.getLogger().handlers:
+    if args.xen and not logging.getLogger().handlers:
         # dom0's daemon: what it maps, binds and releases goes to stderr (its log file), with times.
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     core = ServerCore(quotas=quotas)
@@ -526,14 +526,14 @@ def run(args: argparse.Namespace) -> int:
         state_path=args.state,
     )
     xen: Any = None
-    pid_file = getattr(args, "pid_file", None)
+    pid_file = args.pid_file
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         daemon.stop()
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        if getattr(args, "xen", False):
+        if args.xen:
             from ...kernel import LinuxKernel
             from ._xen import XenDomains
 
