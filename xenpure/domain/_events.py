@@ -231,18 +231,28 @@ class EventStream:
 
     def __next__(self) -> DomainEvent:
         while not self._queue:
-            self._queue.extend(self._mon.poll())
-            if self._queue:
-                break
-            wait = self._wait_time()
-            if wait is None:
+            batch = self.poll_once()
+            if batch is None:
                 raise StopIteration
-            if self._sel is None:
-                self._sel = selectors.DefaultSelector()
-                for fd in self._mon.fds():
-                    self._sel.register(fd, selectors.EVENT_READ)
-            self._sel.select(wait)
+            self._queue.extend(batch)
         return self._queue.popleft()
+
+    def poll_once(self) -> list[DomainEvent] | None:
+        """One turn of the sync loop, for callers that act on every wake-up rather than on each event (e.g.
+        ``Supervisor``): the events the monitor has now; if there are none, wait once (up to ``interval``, or
+        what is left of ``timeout``) and return ``[]``. None when nothing came and the time is up."""
+        events = self._mon.poll()
+        if events:
+            return events
+        wait = self._wait_time()
+        if wait is None:
+            return None
+        if self._sel is None:
+            self._sel = selectors.DefaultSelector()
+            for fd in self._mon.fds():
+                self._sel.register(fd, selectors.EVENT_READ)
+        self._sel.select(wait)
+        return []
 
     # -- asyncio ----------------------------------------------------------------------------------------
     def __aiter__(self) -> EventStream:

@@ -48,7 +48,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 import logging
-import selectors
 import time
 import uuid as _uuid
 from collections.abc import Callable
@@ -59,7 +58,6 @@ from ..errors import NoSuchDomain, XenError
 from ..hypercall.abi.sched import ShutdownReason
 from ._config import Action, DomainConfig
 from ._domain import Domain
-from ._events import Monitor
 
 if TYPE_CHECKING:
     from ._host import Host
@@ -144,24 +142,17 @@ class Supervisor:
 
     def run(self, timeout: float | None = None) -> Outcome:
         """Follow the domain until it is destroyed or preserved, or ``timeout`` seconds pass."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with Monitor(self.host) as mon, selectors.DefaultSelector() as sel:
-            for fd in mon.fds():
-                sel.register(fd, selectors.EVENT_READ)
+        with self.host.events(timeout=timeout, interval=self.interval) as stream:
             while True:
-                for ev in mon.poll():  # drains the notifications; the events are for the log only
-                    if ev.domid == self.domid:
-                        log.debug("supervisor of %s: %s", self.config.name, ev)
                 outcome = self.check()
                 if outcome is not None:
                     return outcome
-                wait = self.interval
-                if deadline is not None:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        return Outcome.TIMEOUT
-                    wait = min(wait, left)
-                sel.select(wait)
+                batch = stream.poll_once()  # wakes on a notification or after the interval
+                if batch is None:
+                    return Outcome.TIMEOUT
+                for ev in batch:  # the events are for the log only: check() asks Xen itself
+                    if ev.domid == self.domid:
+                        log.debug("supervisor of %s: %s", self.config.name, ev)
 
     def check(self) -> Outcome | None:
         """Look at the followed domain once and act if it has shut down; None while there is more to follow."""
