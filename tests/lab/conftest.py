@@ -49,6 +49,8 @@ from pathlib import Path
 
 import pytest
 
+from xenpure.testing import in_control_domain
+
 LAB_GUEST_DIR = Path("/var/lib/xenpure-lab/guest")
 CONSOLE_LOG_DIR = Path("/var/log/xen/console")
 GUEST_MARKER = "XENPURE-GUEST-UP"
@@ -56,14 +58,6 @@ SKIP_REASON = "not inside a Xen dom0: run it with tools/xenlab -- python3 -m pyt
 
 XL_TIMEOUT = 120.0  # seconds for one xl command (xl create takes 3-17 s under TCG)
 BOOT_TIMEOUT = 120.0  # seconds for a guest to print its marker
-
-
-def in_dom0() -> bool:
-    """True inside a Xen control domain (the lab's dom0)."""
-    try:
-        return "control_d" in Path("/proc/xen/capabilities").read_text()
-    except OSError:
-        return False
 
 
 HERE = Path(__file__).resolve().parent
@@ -76,7 +70,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # This hook sees the whole session's items: touch only those in this folder.
     ours = [item for item in items if HERE in item.path.resolve().parents]
-    skip = None if in_dom0() else pytest.mark.skip(reason=SKIP_REASON)
+    skip = None if in_control_domain() else pytest.mark.skip(reason=SKIP_REASON)
     for item in ours:
         item.add_marker(pytest.mark.lab)
         if skip is not None:

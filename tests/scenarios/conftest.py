@@ -17,23 +17,14 @@ from __future__ import annotations
 import gc
 import os
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
 import xenpure
 from xenpure.domain import Host
-from xenpure.testing import SimKernel, SimXen
+from xenpure.testing import SimKernel, SimXen, in_control_domain
 
-
-def in_dom0() -> bool:
-    try:
-        return "control_d" in Path("/proc/xen/capabilities").read_text()
-    except OSError:
-        return False
-
-
-REAL = in_dom0()
+REAL = in_control_domain()
 
 
 def pytest_report_header() -> str:

@@ -12,5 +12,16 @@ from __future__ import annotations
 from ._doorbells import SocketDoorbell
 from ._hypervisor import SimDomain, SimVcpu, SimXen, XenErrno
 from ._kernel import SimBuffer, SimDevice, SimKernel
+from ._where import in_control_domain
 
-__all__ = ["SimBuffer", "SimDevice", "SimDomain", "SimKernel", "SimVcpu", "SimXen", "SocketDoorbell", "XenErrno"]
+__all__ = [
+    "SimBuffer",
+    "SimDevice",
+    "SimDomain",
+    "SimKernel",
+    "SimVcpu",
+    "SimXen",
+    "SocketDoorbell",
+    "XenErrno",
+    "in_control_domain",
+]
