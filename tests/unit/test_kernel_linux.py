@@ -82,3 +82,132 @@ def test_anonymous_fallback_buffer_is_usable_and_released() -> None:
 def test_unix_socket_missing_is_device_unavailable(tmp_path) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(DeviceUnavailable, match="socket"):
         LinuxKernel().connect_socket(str(tmp_path / "nothing"))
+
+
+@pytest.fixture
+def listener(tmp_path):  # type: ignore[no-untyped-def]
+    import socket
+
+    path = str(tmp_path / "sock")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(1)
+    yield path, srv
+    srv.close()
+
+
+def _rcvtimeo(fd: int) -> int:
+    """SO_RCVTIMEO of ``fd`` in microseconds (0: no limit)."""
+    import socket
+    import struct
+
+    s = socket.socket(fileno=os.dup(fd))
+    try:
+        sec, usec = struct.unpack("@ll", s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16))
+        return int(sec * 1_000_000 + usec)
+    finally:
+        s.close()
+
+
+def _about(us: int, want: int) -> bool:
+    """The kernel keeps SO_RCVTIMEO in clock ticks, rounded up (at HZ=100, up to 10 ms more)."""
+    return want <= us <= want + 10_000
+
+
+def test_socket_read_within_is_one_blocking_read_with_the_kernel_deadline(listener) -> None:  # type: ignore[no-untyped-def]
+    """connect_socket's device reads with SO_RCVTIMEO (set only when the timeout changes): bytes when they
+    are there, None when the deadline passes, b"" at the end of the stream, and no limit with None."""
+    from xenpure.kernel import TimedReader, timed_reader
+
+    path, srv = listener
+    dev = LinuxKernel().connect_socket(path)
+    peer, _ = srv.accept()
+    try:
+        assert isinstance(dev, TimedReader)
+        assert timed_reader(dev) == dev.read_within
+        assert dev.read_within(100, 0.01) is None  # nothing sent: the kernel's deadline expires
+        assert _about(_rcvtimeo(dev.fileno()), 10_000)
+        assert dev.read_within(100, 0) is None  # 0: look, do not wait (SO_RCVTIMEO 0 would mean forever)
+        peer.sendall(b"abc")
+        assert dev.read_within(100, 2.5) == b"abc"
+        assert _about(_rcvtimeo(dev.fileno()), 2_500_000)
+        peer.sendall(b"d")
+        assert dev.read_within(100, 0) == b"d"
+        assert dev.read_within(100, 1e-9) is None  # rounds up to 1 us, never down to "forever"
+        assert _about(_rcvtimeo(dev.fileno()), 1)
+        peer.sendall(b"e")
+        assert dev.read_within(100, None) == b"e"
+        assert _rcvtimeo(dev.fileno()) == 0
+        peer.close()
+        assert dev.read_within(100, 1.0) == b""
+    finally:
+        dev.close()
+        peer.close()
+    with pytest.raises(ValueError, match="closed"):
+        dev.fileno()
+
+
+def test_socket_stays_blocking_under_a_default_socket_timeout(listener) -> None:  # type: ignore[no-untyped-def]
+    """socket.setdefaulttimeout() would make new sockets non-blocking underneath: read_within would then
+    take an immediate EAGAIN for its deadline. connect_socket makes its socket blocking again."""
+    import socket
+
+    path, srv = listener
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(5.0)
+    try:
+        dev = LinuxKernel().connect_socket(path)
+    finally:
+        socket.setdefaulttimeout(old)
+    peer, _ = srv.accept()
+    try:
+        assert os.get_blocking(dev.fileno())
+
+        def later() -> None:
+            import time
+
+            time.sleep(0.05)
+            peer.sendall(b"late")
+
+        import threading
+
+        t = threading.Thread(target=later)
+        t.start()
+        assert dev.read_within(100, 10.0) == b"late"
+        t.join()
+    finally:
+        dev.close()
+        peer.close()
+
+
+def test_read_within_falls_back_to_select_for_other_devices() -> None:
+    """A device without read_within (a pipe here, standing in for a character device): select, then read;
+    None on timeout and when the read would block after a wake-up."""
+    from xenpure.kernel import read_within
+
+    class Pipe:
+        path = "pipe"
+
+        def __init__(self) -> None:
+            self.r, self.w = os.pipe()
+            self.spurious = False
+
+        def fileno(self) -> int:
+            return self.r
+
+        def read(self, n: int) -> bytes:
+            if self.spurious:
+                raise BlockingIOError(errno.EAGAIN, "woken for nothing")
+            return os.read(self.r, n)
+
+    p = Pipe()
+    try:
+        assert read_within(p, 10, 0.01) is None  # type: ignore[arg-type]
+        os.write(p.w, b"xy")
+        assert read_within(p, 10, 1.0) == b"xy"  # type: ignore[arg-type]
+        os.write(p.w, b"z")
+        p.spurious = True
+        assert read_within(p, 10, 1.0) is None  # type: ignore[arg-type]
+    finally:
+        os.close(p.r)
+        os.close(p.w)

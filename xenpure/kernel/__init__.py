@@ -7,7 +7,17 @@ The Linux backend (``LinuxKernel``) talks to /dev/xen and /proc/xen; the simulat
 
 from __future__ import annotations
 
-from ._base import Device, HypercallBuffer, Kernel, Mapping
+from ._base import Device, HypercallBuffer, Kernel, Mapping, TimedReader, read_within, timed_reader
 from .linux import DEVICE_DIRS, LinuxKernel
 
-__all__ = ["DEVICE_DIRS", "Device", "HypercallBuffer", "Kernel", "LinuxKernel", "Mapping"]
+__all__ = [
+    "DEVICE_DIRS",
+    "Device",
+    "HypercallBuffer",
+    "Kernel",
+    "LinuxKernel",
+    "Mapping",
+    "TimedReader",
+    "read_within",
+    "timed_reader",
+]

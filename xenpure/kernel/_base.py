@@ -6,10 +6,12 @@ never selected by a global switch.
 
 from __future__ import annotations
 
+import select
+from collections.abc import Callable
 from types import TracebackType
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Device", "HypercallBuffer", "Kernel", "Mapping"]
+__all__ = ["Device", "HypercallBuffer", "Kernel", "Mapping", "TimedReader", "read_within", "timed_reader"]
 
 
 @runtime_checkable
@@ -78,6 +80,48 @@ class Device(Protocol):
     def __exit__(
         self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None: ...
+
+
+@runtime_checkable
+class TimedReader(Protocol):
+    """A device that can block in ``read`` with a deadline the kernel enforces (one system call per read).
+
+    Optional: callers go through ``read_within``, which falls back to waiting on ``fileno()`` first.
+    """
+
+    def read_within(self, n: int, timeout: float | None) -> bytes | None:
+        """Wait at most ``timeout`` seconds (``None``: no limit; ``0``: do not wait) for bytes, and read up to
+        ``n`` of them; ``None`` if none came in time. ``b""`` is the end of the stream."""
+        ...
+
+
+def timed_reader(device: Device) -> Callable[[int, float | None], bytes | None]:
+    """``device``'s ``read_within``, or the same contract built from ``select`` and ``read`` for a device
+    that lacks it: wait at most ``timeout`` seconds (``None``: no limit) for bytes and read up to ``n``;
+    ``None`` if nothing came in time, ``b""`` at the end of the stream.
+
+    Look it up once per connection and keep it (checking a Protocol costs more than the read). The fallback
+    also gives ``None`` when the device woke us for nothing (its read raises ``BlockingIOError``, as a
+    xenstore ring's event channel does): the caller waits again with what is left of its deadline.
+    """
+    if isinstance(device, TimedReader):
+        return device.read_within
+    fileno, read = device.fileno, device.read
+
+    def read_within(n: int, timeout: float | None) -> bytes | None:
+        if not select.select((fileno(),), (), (), timeout)[0]:
+            return None
+        try:
+            return read(n)
+        except BlockingIOError:
+            return None
+
+    return read_within
+
+
+def read_within(device: Device, n: int, timeout: float | None) -> bytes | None:
+    """One ``timed_reader(device)(n, timeout)`` call."""
+    return timed_reader(device)(n, timeout)
 
 
 class Kernel(Protocol):
