@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -53,6 +53,7 @@ from ._wire import (
     TransactionEnd,
     TransactionStart,
     Unwatch,
+    Watch,
     Write,
 )
 
@@ -72,6 +73,23 @@ class _AsyncNodeOps:
 
     async def _run(self, proc: _ops.Proc[T], timeout: float | None) -> T:
         raise NotImplementedError
+
+    async def _gather(
+        self, requests: list[Request[Any]], return_exceptions: bool, timeout: float | None, window: int
+    ) -> list[Any]:
+        raise NotImplementedError
+
+    async def gather(
+        self,
+        requests: Iterable[Request[Any]],
+        *,
+        return_exceptions: bool = False,
+        timeout: float | None = None,
+        window: int = _ops.DEFAULT_WINDOW,
+    ) -> list[Any]:
+        """Many requests pipelined, their results in order (see ``Client.gather``). One future waits for
+        the whole batch, where ``asyncio.gather`` of single calls would make a future and a task per request."""
+        return await self._gather(_ops.gatherable(requests), return_exceptions, timeout, window)
 
     async def read(self, path: str, *, timeout: float | None = None) -> bytes:
         """XS_READ (see ``Client.read``)."""
@@ -122,6 +140,14 @@ class AsyncTransaction(_AsyncNodeOps):
             raise RuntimeError("the transaction is not active (use it inside `async with client.transaction()`)")
         return await self._client._run(proc, self._timeout if timeout is None else timeout)
 
+    async def _gather(
+        self, requests: list[Request[Any]], return_exceptions: bool, timeout: float | None, window: int
+    ) -> list[Any]:
+        if self._tx_id == 0 or self._done:
+            raise RuntimeError("the transaction is not active (use it inside `async with client.transaction()`)")
+        t = self._timeout if timeout is None else timeout
+        return await self._client._gather_in(requests, self._tx_id, return_exceptions, t, window)
+
     async def start(self) -> AsyncTransaction:
         if self._tx_id != 0:
             raise RuntimeError("the transaction has already started")
@@ -155,6 +181,56 @@ class AsyncTransaction(_AsyncNodeOps):
             self._done = True
 
 
+class _GatherRun:
+    """One ``gather`` on an ``AsyncClient``: the ``_ops.Gather`` driver, and one future for the whole batch.
+
+    It stands in the client's table of waiters for each of its outstanding requests (``done``,
+    ``set_result`` and ``set_exception``, as a future would), so the reader hands it each reply; it then
+    sends what the batch asks next, and resolves its future when the last reply is in.
+    """
+
+    def __init__(self, client: AsyncClient, requests: list[Request[Any]], tx_id: int, window: int) -> None:
+        self._client = client
+        self._out: list[bytes] = []
+        self.future: asyncio.Future[None] = client._loop.create_future()
+        self.gather = _ops.Gather(requests, self._send, tx_id=tx_id, window=window)
+
+    def _send(self, request: Request[Any], tx_id: int) -> None:
+        client = self._client
+        if isinstance(request, Watch):
+            check_watch_depth(client.device, request.path, request.depth)
+        data = client._core.send(request, tx_id=tx_id)
+        if data:
+            self._out.append(data)
+        client._waiters[id(request)] = self
+
+    def start(self) -> None:
+        self.gather.fill()
+        self._flush()
+
+    def _flush(self) -> None:
+        if self._out:
+            data = b"".join(self._out)
+            self._out.clear()
+            self._client._write(data)
+        if self.gather.done and not self.future.done():
+            self.future.set_result(None)
+
+    # -- what the reader calls, as on a future --
+
+    def done(self) -> bool:
+        return self.future.done()
+
+    def set_result(self, event: Reply[Any] | ErrorReply) -> None:
+        self.gather.reply(id(event.request), event)
+        self.gather.fill()
+        self._flush()
+
+    def set_exception(self, exc: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(exc)
+
+
 class AsyncClient(_AsyncNodeOps):
     """A connection to xenstored for asyncio code. Create it inside a running loop (``await
     AsyncClient.open(kernel)`` or ``AsyncClient(device)``); close it with ``close()`` or ``async with``."""
@@ -166,7 +242,8 @@ class AsyncClient(_AsyncNodeOps):
         self.timeout = timeout
         self._core = ClientCore(pipeline=can_pipeline(device) if pipeline is None else pipeline)
         self._loop = asyncio.get_running_loop()
-        self._waiters: dict[int, asyncio.Future[Reply[Any] | ErrorReply]] = {}
+        # id(request) -> what waits for its reply: a call's future, or the _GatherRun of a gather
+        self._waiters: dict[int, asyncio.Future[Reply[Any] | ErrorReply] | _GatherRun] = {}
         self._watch_queue: asyncio.Queue[WatchEvent] = asyncio.Queue()
         self._failure: BaseException | None = None
         self._is_closed = False
@@ -253,6 +330,37 @@ class AsyncClient(_AsyncNodeOps):
         t = self.timeout if timeout is None else timeout
         deadline = None if t is None else self._loop.time() + t
         return await _ops.run_async(proc, lambda req, tx: self._roundtrip(req, tx, deadline))
+
+    async def _gather(
+        self, requests: list[Request[Any]], return_exceptions: bool, timeout: float | None, window: int
+    ) -> list[Any]:
+        return await self._gather_in(requests, 0, return_exceptions, timeout, window)
+
+    async def _gather_in(
+        self, requests: list[Request[Any]], tx_id: int, return_exceptions: bool, timeout: float | None, window: int
+    ) -> list[Any]:
+        if self._is_closed:
+            raise ConnectionClosed("the client is closed")
+        if self._failure is not None:
+            raise self._failure
+        run = _GatherRun(self, requests, tx_id, window)
+        run.start()
+        t = self.timeout if timeout is None else timeout
+        try:
+            await asyncio.wait_for(run.future, t)
+        except (TimeoutError, asyncio.CancelledError) as e:
+            unanswered = run.gather.outstanding
+            for r in unanswered:
+                self._waiters.pop(id(r), None)
+                self._core.abandon(r)
+            run.gather.close()
+            if isinstance(e, TimeoutError):
+                raise Timeout(
+                    f"no reply to {len(unanswered)} of {len(requests)} gathered requests from xenstored on "
+                    f"{self.device.path} within the timeout"
+                ) from None
+            raise
+        return run.gather.outcome(return_exceptions)
 
     # -- watches ----------------------------------------------------------------------------------------
 

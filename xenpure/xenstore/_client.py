@@ -2,7 +2,12 @@
 
 Rule 1: this module only moves bytes. Which request a call sends, how its reply is decoded and what an error
 means is decided by ``_ops`` and ``_client_core``, the same code the asyncio client runs; here we write
-what the core returns, wait (with a deadline) for the descriptor to become readable, and feed what we read.
+what the core returns, read with a deadline (``kernel.timed_reader``: on xenstored's socket one blocking
+read that the kernel times out, elsewhere a wait on the descriptor, then a read), and feed what we read.
+
+``gather`` pipelines a batch: up to a window of requests in one write, replies matched as they come
+(``_ops.Gather`` decides what is sent next). A round trip costs its system calls, and in a PV dom0 each
+one bounces through Xen: a plain call makes two (write, read), a batch of n about 2n/window.
 
 Every blocking call takes ``timeout`` (seconds; ``None`` means the client's default) and raises ``Timeout``
 when it runs out; a reply that arrives after its caller gave up is dropped, so the connection stays usable.
@@ -15,10 +20,9 @@ from __future__ import annotations
 import collections
 import logging
 import os
-import selectors
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -31,7 +35,7 @@ from ..errors import (
     XenstoreError,
     XenstoreNotSupported,
 )
-from ..kernel import Device, Kernel
+from ..kernel import Device, Kernel, timed_reader
 from . import _ops
 from ._client_core import ClientCore, Closed, ErrorReply, Reply, WatchEvent
 from ._wire import (
@@ -58,6 +62,7 @@ from ._wire import (
     TransactionEnd,
     TransactionStart,
     Unwatch,
+    Watch,
     Write,
 )
 
@@ -85,6 +90,10 @@ DEFAULT_TIMEOUT = 30.0
 DEFAULT_ATTEMPTS = 16
 
 _READ_SIZE = 65536
+
+
+def _waited(request: Request[Any] | None) -> str:
+    return "watch event" if request is None else f"reply to {request.TYPE.name}"
 
 
 def socket_candidates(path: str | None = None) -> list[str]:
@@ -173,25 +182,58 @@ class _NodeOps:
     def _run(self, proc: _ops.Proc[T], timeout: float | None) -> T:
         raise NotImplementedError
 
+    def _call(self, request: Request[T], timeout: float | None) -> T:
+        """One request, one reply (``_ops.call``); ``Client`` runs it without a generator."""
+        return self._run(_ops.call(request, self._tx_id), timeout)
+
+    def _gather(
+        self, requests: list[Request[Any]], return_exceptions: bool, timeout: float | None, window: int
+    ) -> list[Any]:
+        raise NotImplementedError
+
+    def gather(
+        self,
+        requests: Iterable[Request[Any]],
+        *,
+        return_exceptions: bool = False,
+        timeout: float | None = None,
+        window: int = _ops.DEFAULT_WINDOW,
+    ) -> list[Any]:
+        """Send many requests without waiting for each reply (pipelining), and return their results in order.
+
+        ``requests`` are the wire requests (``Read(path)``, ``Write(path, b"v")``, ``Directory(path)``...);
+        each result is what the matching method returns (``Read`` -> bytes, ``Write`` -> None...).
+        Requests go out in order, at most ``window`` unanswered at a time, and xenstored answers a
+        connection in order, so a ``Write`` then a ``Read`` of the same path reads the new value.
+
+        Every request is answered before this returns or raises. A failed request (an error reply, or one
+        refused locally for breaking a limit) raises its ``XenstoreError`` -- the first one by position --
+        unless ``return_exceptions``, which puts the exception in its result's place. ``timeout`` bounds the
+        whole batch. On the xenbus device, which takes one request at a time, this still works, one
+        request after another. Transaction boundaries and RESET_WATCHES are refused (``ValueError``): use
+        ``transaction()`` and ``reset_watches()``.
+        """
+        return self._gather(_ops.gatherable(requests), return_exceptions, timeout, window)
+
     def read(self, path: str, *, timeout: float | None = None) -> bytes:
         """The value at ``path`` (XS_READ). Raises ``NoEntry`` if there is no such node, ``PermissionDenied``
         if we may not read it."""
-        return self._run(_ops.call(Read(path), self._tx_id), timeout)
+        return self._call(Read(path), timeout)
 
     def write(self, path: str, value: bytes | str, *, timeout: float | None = None) -> None:
         """Set the value at ``path`` (XS_WRITE), creating missing parents with empty values. ``str`` values
         are written UTF-8 encoded. Raises ``PermissionDenied``, ``NoSpace`` (quota), ``XenstoreInvalid``."""
         data = value.encode() if isinstance(value, str) else bytes(value)
-        self._run(_ops.call(Write(path, data), self._tx_id), timeout)
+        self._call(Write(path, data), timeout)
 
     def mkdir(self, path: str, *, timeout: float | None = None) -> None:
         """Make sure ``path`` exists (XS_MKDIR); an existing value is left alone."""
-        self._run(_ops.call(Mkdir(path), self._tx_id), timeout)
+        self._call(Mkdir(path), timeout)
 
     def rm(self, path: str, *, timeout: float | None = None) -> None:
         """Remove ``path`` and everything below it (XS_RM). A missing node is fine; a missing parent raises
         ``NoEntry``."""
-        self._run(_ops.call(Rm(path), self._tx_id), timeout)
+        self._call(Rm(path), timeout)
 
     def directory(self, path: str, *, timeout: float | None = None) -> tuple[str, ...]:
         """The names of ``path``'s children (XS_DIRECTORY; XS_DIRECTORY_PART when the list is over 4096
@@ -200,12 +242,12 @@ class _NodeOps:
 
     def get_perms(self, path: str, *, timeout: float | None = None) -> tuple[Perm, ...]:
         """The permissions of ``path`` (XS_GET_PERMS): owner first."""
-        return self._run(_ops.call(GetPerms(path), self._tx_id), timeout)
+        return self._call(GetPerms(path), timeout)
 
     def set_perms(self, path: str, perms: tuple[Perm, ...] | list[Perm], *, timeout: float | None = None) -> None:
         """Replace the permissions of ``path`` (XS_SET_PERMS); the first entry names the owner. Only the
         owner may do this, and only a privileged domain may change the owner."""
-        self._run(_ops.call(SetPerms(path, tuple(perms)), self._tx_id), timeout)
+        self._call(SetPerms(path, tuple(perms)), timeout)
 
 
 class Transaction(_NodeOps):
@@ -230,6 +272,14 @@ class Transaction(_NodeOps):
         if self._tx_id == 0 or self._done:
             raise RuntimeError("the transaction is not active (use it inside `with client.transaction()`)")
         return self._client._run(proc, self._timeout if timeout is None else timeout)
+
+    def _gather(
+        self, requests: list[Request[Any]], return_exceptions: bool, timeout: float | None, window: int
+    ) -> list[Any]:
+        if self._tx_id == 0 or self._done:
+            raise RuntimeError("the transaction is not active (use it inside `with client.transaction()`)")
+        t = self._timeout if timeout is None else timeout
+        return self._client._gather_in(requests, self._tx_id, return_exceptions, t, window)
 
     def start(self) -> Transaction:
         if self._tx_id != 0:
@@ -282,8 +332,7 @@ class Client(_NodeOps):
         self.device = device
         self.timeout = timeout
         self._core = ClientCore(pipeline=can_pipeline(device) if pipeline is None else pipeline)
-        self._selector = selectors.DefaultSelector()
-        self._selector.register(device.fileno(), selectors.EVENT_READ)
+        self._read_within = timed_reader(device)
         self._events: dict[int, Reply[Any] | ErrorReply] = {}
         self._watch_events: collections.deque[WatchEvent] = collections.deque()
         self._closed_event: Closed | None = None
@@ -307,38 +356,43 @@ class Client(_NodeOps):
         t = self.timeout if timeout is None else timeout
         return None if t is None else time.monotonic() + t
 
-    def _pump(self, deadline: float | None, waiting_for: str) -> None:
-        """Wait for bytes (until ``deadline``), feed them to the core, and file the events it returns."""
+    def _pump(self, deadline: float | None, waiting_for: Request[Any] | None) -> None:
+        """Wait for bytes (until ``deadline``), feed them to the core, and file the events it returns.
+
+        ``waiting_for`` is the request whose reply we wait for (``None``: a watch event), for messages.
+        """
         if self._closed_event is not None:
-            raise ConnectionClosed(f"xenstored closed the connection; {waiting_for} will not come")
+            raise ConnectionClosed(f"xenstored closed the connection; {_waited(waiting_for)} will not come")
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-        if not self._selector.select(remaining):
-            raise Timeout(
-                f"no {waiting_for} from xenstored on {self.device.path} within the timeout "
-                f"({self._core.outstanding} requests unanswered, {len(self._watch_events)} watch events queued)"
-            )
-        try:
-            data = self.device.read(_READ_SIZE)
-        except BlockingIOError:
-            return  # woken for nothing (a ring's event channel does this): wait again
-        self._core.receive_data(data)
-        while (ev := self._core.next_event()) is not None:
+        data = self._read_within(_READ_SIZE, remaining)
+        if data is None:  # nothing in time (or woken for nothing: then wait again, while time is left)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise Timeout(
+                    f"no {_waited(waiting_for)} from xenstored on {self.device.path} within the timeout "
+                    f"({self._core.outstanding} requests unanswered, {len(self._watch_events)} watch events queued)"
+                )
+            return
+        core = self._core
+        core.receive_data(data)
+        while (ev := core.next_event()) is not None:
             if isinstance(ev, WatchEvent):
                 self._watch_events.append(ev)
             elif isinstance(ev, Closed):
                 self._closed_event = ev
             else:
                 self._events[id(ev.request)] = ev
-        out = self._core.data_to_send()
-        if out:
-            self._write(out)
+        if not core.pipeline:
+            out = core.data_to_send()
+            if out:
+                self._write(out)
 
     def _write(self, data: bytes) -> None:
-        view = memoryview(data)
+        write = self.device.write
         try:
-            while view:
-                n = self.device.write(bytes(view))
-                view = view[n:]
+            n = write(data)
+            while n < len(data):  # a short write (a full socket buffer or ring): the rest
+                data = data[n:]
+                n = write(data)
         except ConnectionClosed:
             raise  # the device said why (a ring's error indicator)
         except (BrokenPipeError, ConnectionResetError) as e:
@@ -351,18 +405,66 @@ class Client(_NodeOps):
         if data:
             self._write(data)
         key = id(request)
+        events = self._events
         try:
-            while key not in self._events:
-                self._pump(deadline, f"reply to {request.TYPE.name}")
+            while key not in events:
+                self._pump(deadline, request)
         except Timeout:
             self._core.abandon(request)
             raise
-        return self._events.pop(key)
+        return events.pop(key)
 
     def _run(self, proc: _ops.Proc[T], timeout: float | None) -> T:
         deadline = self._deadline(timeout)
         with self._lock:
             return _ops.run_sync(proc, lambda req, tx: self._roundtrip(req, tx, deadline))
+
+    def _call(self, request: Request[T], timeout: float | None) -> T:
+        # What _run(_ops.call(request)) does, without the generator: the path of every plain call.
+        deadline = self._deadline(timeout)
+        with self._lock:
+            result: T = _ops.value(self._roundtrip(request, 0, deadline))
+            return result
+
+    def _gather(
+        self, requests: list[Request[Any]], return_exceptions: bool, timeout: float | None, window: int
+    ) -> list[Any]:
+        return self._gather_in(requests, 0, return_exceptions, timeout, window)
+
+    def _gather_in(
+        self, requests: list[Request[Any]], tx_id: int, return_exceptions: bool, timeout: float | None, window: int
+    ) -> list[Any]:
+        core, events, out = self._core, self._events, list[bytes]()
+
+        def send(request: Request[Any], tx: int) -> None:
+            if isinstance(request, Watch):
+                check_watch_depth(self.device, request.path, request.depth)
+            data = core.send(request, tx_id=tx)
+            if data:
+                out.append(data)
+
+        g = _ops.Gather(requests, send, tx_id=tx_id, window=window)
+        deadline = self._deadline(timeout)
+        with self._lock:
+            if self._is_closed:
+                raise ConnectionClosed("the client is closed")
+            try:
+                g.fill()
+                while not g.done:
+                    if out:
+                        data = b"".join(out)
+                        out.clear()
+                        self._write(data)
+                    self._pump(deadline, g.oldest)
+                    for key in [k for k in events if g.waits_for(k)]:
+                        g.reply(key, events.pop(key))
+                    g.fill()
+            except BaseException:
+                for r in g.outstanding:
+                    core.abandon(r)
+                g.close()
+                raise
+        return g.outcome(return_exceptions)
 
     # -- watches ----------------------------------------------------------------------------------------
 
@@ -379,13 +481,13 @@ class Client(_NodeOps):
 
     def unwatch(self, path: str, token: str, *, timeout: float | None = None) -> None:
         """Remove a watch (XS_UNWATCH). Raises ``NoEntry`` if there is no such watch."""
-        self._run(_ops.call(Unwatch(path, token)), timeout)
+        self._call(Unwatch(path, token), timeout)
 
     def reset_watches(self, *, timeout: float | None = None) -> None:
         """Drop every watch and transaction of this connection (XS_RESET_WATCHES). Refused on the xenbus
         device (``XenstoreNotSupported``), where the connection is the kernel's."""
         check_reset_watches(self.device)
-        self._run(_ops.call(ResetWatches()), timeout)
+        self._call(ResetWatches(), timeout)
         self._watch_events.clear()
 
     def next_watch_event(self, *, timeout: float | None = None) -> WatchEvent:
@@ -393,7 +495,7 @@ class Client(_NodeOps):
         deadline = self._deadline(timeout)
         with self._lock:
             while not self._watch_events:
-                self._pump(deadline, "watch event")
+                self._pump(deadline, None)
             return self._watch_events.popleft()
 
     def watch_events(self, *, timeout: float | None = None) -> Iterator[WatchEvent]:
@@ -428,27 +530,27 @@ class Client(_NodeOps):
     def introduce(self, domid: int, gfn: int, evtchn: int, *, timeout: float | None = None) -> None:
         """Tell xenstored to serve ``domid`` through its ring page ``gfn`` and event channel ``evtchn``
         (XS_INTRODUCE; dom0 only). Fires ``@introduceDomain``."""
-        self._run(_ops.call(Introduce(domid, gfn, evtchn)), timeout)
+        self._call(Introduce(domid, gfn, evtchn), timeout)
 
     def release(self, domid: int, *, timeout: float | None = None) -> None:
         """Tell xenstored to forget ``domid`` (XS_RELEASE; dom0 only). Fires ``@releaseDomain``."""
-        self._run(_ops.call(Release(domid)), timeout)
+        self._call(Release(domid), timeout)
 
     def resume(self, domid: int, *, timeout: float | None = None) -> None:
         """Re-arm ``@releaseDomain`` for ``domid`` after it was resumed (XS_RESUME; dom0 only)."""
-        self._run(_ops.call(Resume(domid)), timeout)
+        self._call(Resume(domid), timeout)
 
     def get_domain_path(self, domid: int, *, timeout: float | None = None) -> str:
         """``/local/domain/<domid>``, as xenstored computes it (XS_GET_DOMAIN_PATH)."""
-        return self._run(_ops.call(GetDomainPath(domid)), timeout)
+        return self._call(GetDomainPath(domid), timeout)
 
     def is_domain_introduced(self, domid: int, *, timeout: float | None = None) -> bool:
         """Whether xenstored serves ``domid`` (XS_IS_DOMAIN_INTRODUCED)."""
-        return self._run(_ops.call(IsDomainIntroduced(domid)), timeout)
+        return self._call(IsDomainIntroduced(domid), timeout)
 
     def set_target(self, domid: int, target: int, *, timeout: float | None = None) -> None:
         """Let ``domid`` act on ``target``'s nodes as if it were privileged (XS_SET_TARGET; dom0 only)."""
-        self._run(_ops.call(SetTarget(domid, target)), timeout)
+        self._call(SetTarget(domid, target), timeout)
 
     # -- xenstored itself -------------------------------------------------------------------------------
 
@@ -487,10 +589,7 @@ class Client(_NodeOps):
         if self._is_closed:
             return
         self._is_closed = True
-        try:
-            self._selector.close()
-        finally:
-            self.device.close()
+        self.device.close()
 
     def __enter__(self) -> Client:
         return self

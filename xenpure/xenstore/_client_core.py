@@ -47,6 +47,8 @@ log = logging.getLogger("xenpure.xenstore")
 T = TypeVar("T")
 
 _ID_MOD = 2**32
+_WATCH_EVENT = XsType.WATCH_EVENT
+_ERROR = XsType.ERROR
 
 #: The longest DIRECTORY reply accepted (oxenstored sends over-long ones; see the module docstring).
 OVERSIZED_DIRECTORY_MAX = 1 << 20
@@ -142,17 +144,23 @@ class ClientCore:
             raise ValueError(f"tx_id {tx_id} is not a uint32")
         if len(self._pending) >= _ID_MOD - 2:
             raise ProtocolError("no free request id left on this connection")
-        req_id = self._free_id()
+        req_id = self._next_id
+        if req_id in self._pending or req_id == 0:
+            req_id = self._free_id()
         data = request.encode(req_id, tx_id)  # raises before any state changes
         self._next_id = (req_id + 1) % _ID_MOD
         self._pending[req_id] = (request, tx_id)
-        log.debug("-> %s req_id=%d tx_id=%d %s", request.TYPE.name, req_id, tx_id, _short(request))
-        messages = [(req_id, data)]
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("-> %s req_id=%d tx_id=%d %s", request.TYPE.name, req_id, tx_id, _short(request))
         if len(data) == HEADER_SIZE:
-            messages.append(self._nudge())
+            nudge = self._nudge()
+            if self.pipeline:
+                return data + nudge[1]
+            self._queue.extend(((req_id, data), nudge))
+            return self.data_to_send()
         if self.pipeline:
-            return b"".join(m for _, m in messages)
-        self._queue.extend(messages)
+            return data
+        self._queue.append((req_id, data))
         return self.data_to_send()
 
     def data_to_send(self) -> bytes:
@@ -236,37 +244,44 @@ class ClientCore:
                 return ev
 
     def _decode(self, msg: Message) -> Event | None:
-        if msg.type is XsType.WATCH_EVENT:
+        debug = log.isEnabledFor(logging.DEBUG)
+        if msg.type is _WATCH_EVENT:
             path, token = parse_watch_event(msg.payload)
-            log.debug("<- WATCH_EVENT path=%r token=%r", path, token)
+            if debug:
+                log.debug("<- WATCH_EVENT path=%r token=%r", path, token)
             return WatchEvent(path, token)
-        entry = self._pending.pop(msg.req_id, None)
+        req_id = msg.req_id
+        entry = self._pending.pop(req_id, None)
         if entry is None:
             raise ProtocolError(
-                f"xenstored sent {msg.type.name} for req_id {msg.req_id}, which this connection never sent "
+                f"xenstored sent {msg.type.name} for req_id {req_id}, which this connection never sent "
                 "(or which was already answered)"
             )
-        request, _ = entry
-        if msg.req_id == self._on_wire:
+        request = entry[0]
+        if req_id == self._on_wire:
             self._on_wire = None
-        abandoned = msg.req_id in self._abandoned
-        self._abandoned.discard(msg.req_id)
-        if msg.type is XsType.ERROR:
+        abandoned = req_id in self._abandoned
+        if abandoned:
+            self._abandoned.discard(req_id)
+        if msg.type is _ERROR:
             error = parse_error(msg.payload)
-            log.debug("<- ERROR req_id=%d tx_id=%d %s (for %s)", msg.req_id, msg.tx_id, error, request.TYPE.name)
-            event: Event = ErrorReply(msg.req_id, msg.tx_id, request, error)
+            if debug:
+                log.debug("<- ERROR req_id=%d tx_id=%d %s (for %s)", req_id, msg.tx_id, error, request.TYPE.name)
+            event: Event = ErrorReply(req_id, msg.tx_id, request, error)
         elif msg.type is not request.TYPE:
             raise ProtocolError(
-                f"xenstored answered {request.TYPE.name} req_id {msg.req_id} with a {msg.type.name} message"
+                f"xenstored answered {request.TYPE.name} req_id {req_id} with a {msg.type.name} message"
             )
         else:
             try:
                 value = request.parse_reply(msg.payload)
             except ProtocolError as e:
-                raise ProtocolError(f"bad reply to {request.TYPE.name} req_id {msg.req_id}: {e}") from None
-            log.debug("<- %s req_id=%d tx_id=%d %s", msg.type.name, msg.req_id, msg.tx_id, _short(value))
-            event = Reply(msg.req_id, msg.tx_id, request, value)
+                raise ProtocolError(f"bad reply to {request.TYPE.name} req_id {req_id}: {e}") from None
+            if debug:
+                log.debug("<- %s req_id=%d tx_id=%d %s", msg.type.name, req_id, msg.tx_id, _short(value))
+            event = Reply(req_id, msg.tx_id, request, value)
         if abandoned:
-            log.debug("   (dropped: its caller gave up waiting)")
+            if debug:
+                log.debug("   (dropped: its caller gave up waiting)")
             return None
         return event

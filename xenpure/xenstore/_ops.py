@@ -8,14 +8,42 @@ logic of a call (DIRECTORY falling back to DIRECTORY_PART, what "unsupported" me
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Generator
+import copy
+from collections.abc import Awaitable, Callable, Generator, Iterable
 from typing import Any, TypeVar
 
-from ..errors import ProtocolError, TooBig, XenstoreBusy, XenstoreInvalid, XenstoreNotSupported
+from ..errors import ProtocolError, TooBig, XenstoreBusy, XenstoreError, XenstoreInvalid, XenstoreNotSupported
 from ._client_core import ErrorReply, Reply
-from ._wire import Directory, DirectoryPart, Request, Watch
+from ._wire import (
+    Control,
+    Directory,
+    DirectoryPart,
+    GetFeature,
+    GetQuota,
+    ListQuotas,
+    Request,
+    ResetWatches,
+    SetFeature,
+    SetQuota,
+    TransactionEnd,
+    TransactionStart,
+    Watch,
+)
 
-__all__ = ["Proc", "call", "directory", "optional", "run_async", "run_sync", "watch"]
+__all__ = [
+    "DEFAULT_WINDOW",
+    "Gather",
+    "Proc",
+    "call",
+    "directory",
+    "for_request",
+    "gatherable",
+    "optional",
+    "run_async",
+    "run_sync",
+    "value",
+    "watch",
+]
 
 T = TypeVar("T")
 
@@ -26,7 +54,8 @@ Proc = Generator[tuple[Request[Any], int], Reply[Any] | ErrorReply, T]
 _DIRECTORY_PART_RESTARTS = 8
 
 
-def _value(ev: Reply[T] | ErrorReply) -> T:
+def value(ev: Reply[T] | ErrorReply) -> T:
+    """The value of a reply event, or its errno-named exception raised."""
     if isinstance(ev, ErrorReply):
         raise ev.exception()
     return ev.value
@@ -35,7 +64,7 @@ def _value(ev: Reply[T] | ErrorReply) -> T:
 def call(request: Request[T], tx_id: int = 0) -> Proc[T]:
     """One request, one reply."""
     ev = yield request, tx_id
-    result: T = _value(ev)
+    result: T = value(ev)
     return result
 
 
@@ -52,7 +81,7 @@ def optional(request: Request[T], tx_id: int = 0, since: str = "") -> Proc[T]:
             f"this xenstored does not implement the optional {name} message"
             + (f" (added in {since})" if since else ""),
         )
-    result: T = _value(ev)
+    result: T = value(ev)
     return result
 
 
@@ -70,7 +99,7 @@ def watch(path: str, token: str, depth: int | None, tx_id: int = 0) -> Proc[None
             f"refused with a depth ({depth}): a xenstored without watch depths (WATCHDEPTH, Xen 4.19) answers "
             "EINVAL to any depth; watch without one, or check the path",
         )
-    _value(ev)
+    value(ev)
 
 
 def directory(path: str, tx_id: int = 0) -> Proc[tuple[str, ...]]:
@@ -81,7 +110,7 @@ def directory(path: str, tx_id: int = 0) -> Proc[tuple[str, ...]]:
     """
     ev = yield Directory(path), tx_id
     if not (isinstance(ev, ErrorReply) and ev.error == "E2BIG"):
-        return _value(ev)
+        return value(ev)
     too_big = ev.exception()
     for _ in range(_DIRECTORY_PART_RESTARTS):
         names: list[str] = []
@@ -111,6 +140,173 @@ def directory(path: str, tx_id: int = 0) -> Proc[tuple[str, ...]]:
             if not chunk.names:
                 raise ProtocolError(f"DIRECTORY_PART {path!r} at offset {offset} returned nothing and no end")
     raise XenstoreBusy("EBUSY", "DIRECTORY_PART", path, "the directory kept changing while it was listed")
+
+
+_SINCE_4_21 = (GetFeature, SetFeature, GetQuota, SetQuota, ListQuotas)
+
+
+def for_request(request: Request[Any], tx_id: int = 0) -> Proc[Any] | None:
+    """The procedure a client method would run for ``request``: DIRECTORY with its DIRECTORY_PART fallback,
+    WATCH with its depth diagnosis, the optional types with their ENOSYS message; ``None`` for a plain one
+    request, one reply call (``call``), which ``Gather`` runs without a generator."""
+    if isinstance(request, Directory):
+        return directory(request.path, tx_id)
+    if isinstance(request, Watch):
+        return watch(request.path, request.token, request.depth, tx_id)
+    if isinstance(request, _SINCE_4_21):
+        return optional(request, tx_id, since="Xen 4.21")
+    if isinstance(request, Control):
+        return optional(request, tx_id)
+    return None
+
+
+def gatherable(requests: Iterable[Request[Any]]) -> list[Request[Any]]:
+    """``requests`` as ``Gather`` takes them: transaction boundaries and RESET_WATCHES refused
+    (``ValueError``: they change the connection's state, which has methods of its own), and an object
+    given twice copied (replies are matched to request objects)."""
+    out: list[Request[Any]] = []
+    seen: set[int] = set()
+    for r in requests:
+        if isinstance(r, (TransactionStart, TransactionEnd, ResetWatches)):
+            raise ValueError(f"{r.TYPE.name} cannot be gathered: use transaction() or reset_watches()")
+        if id(r) in seen:
+            r = copy.copy(r)
+        seen.add(id(r))
+        out.append(r)
+    return out
+
+
+#: How many requests ``Gather`` keeps outstanding at once, unless told otherwise.
+DEFAULT_WINDOW = 64
+
+
+class Gather:
+    """Many requests driven at once, pipelined on one connection; still no I/O.
+
+    ``fill()`` starts requests (in order) while fewer than ``window`` are outstanding, handing each to
+    ``send(request, tx_id)`` (which queues its bytes); ``reply(key, event)`` files the reply to the request
+    with ``id(request) == key``, and sends what its procedure (``for_request``) asks next. A
+    ``XenstoreError`` -- an error reply, or a request ``send`` refused locally (over a limit) -- ends that
+    request only and is kept as its outcome.
+
+    The window bounds what is in flight: a writer that sent thousands of requests without reading could
+    block on a full socket while xenstored blocks writing replies to it, or trip xenstored's quota of
+    outstanding requests. Requests leave in order, and xenstored answers a connection in order, so a write
+    followed by a read of the same path reads what was written (a procedure's later requests, such as
+    DIRECTORY_PART's, go out when its earlier reply is in).
+    """
+
+    def __init__(
+        self,
+        requests: Iterable[Request[Any]],
+        send: Callable[[Request[Any], int], None],
+        *,
+        tx_id: int = 0,
+        window: int = DEFAULT_WINDOW,
+    ) -> None:
+        if window < 1:
+            raise ValueError(f"window must be at least 1, not {window}")
+        self._requests = list(requests)
+        self._send = send
+        self._tx_id = tx_id
+        self._window = window
+        self._started = 0
+        # id(request) -> (position, its procedure or None for a plain call, the request)
+        self._waiting: dict[int, tuple[int, Proc[Any] | None, Request[Any]]] = {}
+        self._results: list[Any] = [None] * len(self._requests)
+        self._errors: dict[int, XenstoreError] = {}
+        self._finished = 0
+
+    @property
+    def done(self) -> bool:
+        """Every request has its result or error."""
+        return self._finished == len(self._requests)
+
+    @property
+    def outstanding(self) -> list[Request[Any]]:
+        """The requests sent and not yet answered."""
+        return [r for _, _, r in self._waiting.values()]
+
+    @property
+    def oldest(self) -> Request[Any] | None:
+        """The first request still unanswered (for messages), or ``None``."""
+        return next(iter(self._waiting.values()))[2] if self._waiting else None
+
+    def waits_for(self, key: int) -> bool:
+        """Whether the request with ``id(request) == key`` is one of ours, awaiting its reply."""
+        return key in self._waiting
+
+    def fill(self) -> None:
+        """Start requests while the window has room."""
+        n = len(self._requests)
+        while len(self._waiting) < self._window and self._started < n:
+            i = self._started
+            self._started += 1
+            request = self._requests[i]
+            proc = for_request(request, self._tx_id)
+            if proc is None:
+                self._put(i, None, request, self._tx_id)
+            else:
+                self._advance(i, proc, None)
+
+    def reply(self, key: int, event: Reply[Any] | ErrorReply) -> None:
+        """The reply to the request with ``id(request) == key``."""
+        i, proc, _ = self._waiting.pop(key)
+        if proc is not None:
+            self._advance(i, proc, event)
+        elif isinstance(event, ErrorReply):
+            self._fail(i, event.exception())
+        else:
+            self._results[i] = event.value
+            self._finished += 1
+
+    def _fail(self, i: int, e: XenstoreError) -> None:
+        self._errors[i] = e
+        self._finished += 1
+
+    def _advance(self, i: int, proc: Proc[Any], event: Reply[Any] | ErrorReply | None) -> None:
+        try:
+            request, tx_id = next(proc) if event is None else proc.send(event)
+        except StopIteration as stop:
+            self._results[i] = stop.value
+            self._finished += 1
+            return
+        except XenstoreError as e:
+            self._fail(i, e)
+            return
+        self._put(i, proc, request, tx_id)
+
+    def _put(self, i: int, proc: Proc[Any] | None, request: Request[Any], tx_id: int) -> None:
+        try:
+            self._send(request, tx_id)
+        except XenstoreError as e:  # refused locally, never sent
+            if proc is not None:
+                proc.close()
+            self._fail(i, e)
+            return
+        self._waiting[id(request)] = (i, proc, request)
+
+    def close(self) -> None:
+        """Give up (a timeout, a broken connection): close the procedures still running."""
+        for _, proc, _ in self._waiting.values():
+            if proc is not None:
+                proc.close()
+        self._waiting.clear()
+
+    def outcome(self, return_exceptions: bool) -> list[Any]:
+        """The results in order; with ``return_exceptions`` an error takes its result's place, without it the
+        first error (by position) is raised."""
+        if not return_exceptions and self._errors:
+            first = min(self._errors)
+            err = self._errors[first]
+            if len(self._errors) > 1:
+                n, total = len(self._errors), len(self._requests)
+                err.add_note(f"{n} of the {total} gathered requests failed; this is #{first}")
+            raise err
+        out = list(self._results)
+        for i, e in self._errors.items():
+            out[i] = e
+        return out
 
 
 def run_sync(proc: Proc[T], roundtrip: Callable[[Request[Any], int], Reply[Any] | ErrorReply]) -> T:

@@ -146,6 +146,8 @@ XSD_ERRORS: tuple[str, ...] = (
 )
 
 _VALID_TYPES = frozenset(int(t) for t in XsType if t is not XsType.INVALID)
+#: Type number -> member, for the framer's hot path (``XsType(n)`` costs an enum lookup per message).
+_TYPE_OF: dict[int, XsType] = {int(t): t for t in XsType if t is not XsType.INVALID}
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -252,6 +254,8 @@ class Framer:
 
     def next_message(self) -> Message | None:
         """The next whole message, or ``None`` if more bytes are needed."""
+        if len(self._buf) < HEADER_SIZE and self._header is None and not self._eof and self._error is None:
+            return None  # the common "nothing more yet", without the checks below
         if self._error is not None:
             raise self._error
         try:
@@ -261,29 +265,35 @@ class Framer:
             raise
 
     def _next(self) -> Message | None:
-        if self._header is None:
-            if len(self._buf) < HEADER_SIZE:
-                if self._eof and self._buf:
+        buf = self._buf
+        h = self._header
+        if h is None:
+            if len(buf) < HEADER_SIZE:
+                if self._eof and buf:
                     raise ProtocolError(
-                        f"stream ended inside a xenstore header ({len(self._buf)} of {HEADER_SIZE} bytes)"
+                        f"stream ended inside a xenstore header ({len(buf)} of {HEADER_SIZE} bytes)"
                     )
                 return None
-            max_len = XENSTORE_PAYLOAD_MAX
-            if self._oversized is not None:
-                t, req_id, _, length = HEADER.unpack_from(self._buf)
-                if length > max_len:
+            t, req_id, tx_id, length = HEADER.unpack_from(buf)
+            msg_type = _TYPE_OF.get(t)
+            if msg_type is None or length > XENSTORE_PAYLOAD_MAX:  # the checks, and their errors, are Header's
+                max_len = XENSTORE_PAYLOAD_MAX
+                if self._oversized is not None and length > max_len:
                     max_len = self._oversized(t, req_id)
-            self._header = Header.unpack(self._buf, unknown_types=self._unknown_types, max_len=max_len)
-            del self._buf[:HEADER_SIZE]
-        h = self._header
-        if len(self._buf) < h.len:
+                h = Header.unpack(buf, unknown_types=self._unknown_types, max_len=max_len)
+            else:
+                h = Header(msg_type, req_id, tx_id, length)
+            self._header = h
+            del buf[:HEADER_SIZE]
+        length = h.len
+        if len(buf) < length:
             if self._eof:
                 raise ProtocolError(
-                    f"stream ended inside {h.type.name} req_id {h.req_id}: {len(self._buf)} of {h.len} payload bytes"
+                    f"stream ended inside {h.type.name} req_id {h.req_id}: {len(buf)} of {length} payload bytes"
                 )
             return None
-        payload = bytes(self._buf[: h.len])
-        del self._buf[: h.len]
+        payload = bytes(buf[:length])
+        del buf[:length]
         self._header = None
         return Message(h.type, h.req_id, h.tx_id, payload)
 
@@ -345,24 +355,27 @@ def _ok(payload: bytes, what: str) -> None:
         raise ProtocolError(f"{what}: expected OK, got {payload[:64]!r}")
 
 
-def check_path(path: str, op: str) -> bytes:
+def check_path(path: str, op: str | XsType) -> bytes:
     """Encode ``path`` and refuse it locally (``XenstoreInvalid``) if xenstored could not accept it.
 
     Absolute (``/...``) and special (``@...``) paths may be 3072 bytes long, relative ones 2048. The path
     may not be empty or contain a NUL (that would split the message); other syntax is xenstored's to judge.
+    ``op`` names the request in the error.
     """
     b = path.encode("utf-8")
-    if not b:
-        raise XenstoreInvalid("EINVAL", op, path, "empty path; not sent")
-    if b"\0" in b:
-        raise XenstoreInvalid("EINVAL", op, path, "path contains a NUL byte; not sent")
-    absolute = b[:1] in (b"/", b"@")
-    limit = XENSTORE_ABS_PATH_MAX if absolute else XENSTORE_REL_PATH_MAX
-    if len(b) > limit:
-        kind = "XENSTORE_ABS_PATH_MAX" if absolute else "XENSTORE_REL_PATH_MAX"
-        raise XenstoreInvalid(
-            "EINVAL", op, path[:40] + "...", f"path of {len(b)} bytes is over {kind} ({limit}); not sent"
-        )
+    if not b or b"\0" in b or len(b) > XENSTORE_REL_PATH_MAX:
+        name = op if isinstance(op, str) else op.name
+        if not b:
+            raise XenstoreInvalid("EINVAL", name, path, "empty path; not sent")
+        if b"\0" in b:
+            raise XenstoreInvalid("EINVAL", name, path, "path contains a NUL byte; not sent")
+        absolute = b[:1] in (b"/", b"@")
+        limit = XENSTORE_ABS_PATH_MAX if absolute else XENSTORE_REL_PATH_MAX
+        if len(b) > limit:
+            kind = "XENSTORE_ABS_PATH_MAX" if absolute else "XENSTORE_REL_PATH_MAX"
+            raise XenstoreInvalid(
+                "EINVAL", name, path[:40] + "...", f"path of {len(b)} bytes is over {kind} ({limit}); not sent"
+            )
     return b
 
 
@@ -463,7 +476,7 @@ class Request(Generic[T]):
                 getattr(self, "path", None),
                 f"payload of {len(payload)} bytes is over XENSTORE_PAYLOAD_MAX ({XENSTORE_PAYLOAD_MAX}); not sent",
             )
-        return Message(self.TYPE, req_id, tx_id, payload).encode()
+        return HEADER.pack(self.TYPE, req_id, tx_id, len(payload)) + payload
 
     @classmethod
     def from_payload(cls, payload: bytes) -> Request[T]:
@@ -484,7 +497,7 @@ class _PathOnly(Request[T]):
     path: str
 
     def payload(self) -> bytes:
-        return _z(check_path(self.path, self.TYPE.name))
+        return _z(check_path(self.path, self.TYPE))
 
     @classmethod
     def from_payload(cls, payload: bytes) -> Request[T]:
@@ -565,7 +578,7 @@ class DirectoryPart(Request[DirectoryChunk]):
     offset: int = 0
 
     def payload(self) -> bytes:
-        return _z(check_path(self.path, self.TYPE.name), str(self.offset).encode())
+        return _z(check_path(self.path, self.TYPE), str(self.offset).encode())
 
     @classmethod
     def from_payload(cls, payload: bytes) -> DirectoryPart:
@@ -599,7 +612,7 @@ class Write(_OkReply):
     value: bytes
 
     def payload(self) -> bytes:
-        return check_path(self.path, self.TYPE.name) + b"\0" + self.value
+        return check_path(self.path, self.TYPE) + b"\0" + self.value
 
     @classmethod
     def from_payload(cls, payload: bytes) -> Write:
@@ -636,7 +649,7 @@ class SetPerms(_OkReply):
     def payload(self) -> bytes:
         if not self.perms:
             raise XenstoreInvalid("EINVAL", "SET_PERMS", self.path, "at least one permission (the owner)")
-        return _z(check_path(self.path, self.TYPE.name), *(p.encode() for p in self.perms))
+        return _z(check_path(self.path, self.TYPE), *(p.encode() for p in self.perms))
 
     @classmethod
     def from_payload(cls, payload: bytes) -> SetPerms:
@@ -656,7 +669,7 @@ class Watch(_OkReply):
     depth: int | None = None
 
     def payload(self) -> bytes:
-        parts = [check_path(self.path, self.TYPE.name), _check_word(self.token, "token", self.TYPE.name)]
+        parts = [check_path(self.path, self.TYPE), _check_word(self.token, "token", self.TYPE.name)]
         if self.depth is not None:
             parts.append(str(self.depth).encode())
         return _z(*parts)
@@ -681,7 +694,7 @@ class Unwatch(_OkReply):
     token: str
 
     def payload(self) -> bytes:
-        return _z(check_path(self.path, self.TYPE.name), _check_word(self.token, "token", self.TYPE.name))
+        return _z(check_path(self.path, self.TYPE), _check_word(self.token, "token", self.TYPE.name))
 
     @classmethod
     def from_payload(cls, payload: bytes) -> Unwatch:
