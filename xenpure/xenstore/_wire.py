@@ -229,7 +229,7 @@ class Framer:
         self._unknown_types = unknown_types
         self._oversized = oversized
         self._buf = bytearray()
-        self._header: Header | None = None
+        self._header: tuple[XsType, int, int, int] | None = None  # type, req_id, tx_id, len
         self._eof = False
         self._error: ProtocolError | None = None
 
@@ -280,22 +280,23 @@ class Framer:
                 max_len = XENSTORE_PAYLOAD_MAX
                 if self._oversized is not None and length > max_len:
                     max_len = self._oversized(t, req_id)
-                h = Header.unpack(buf, unknown_types=self._unknown_types, max_len=max_len)
+                checked = Header.unpack(buf, unknown_types=self._unknown_types, max_len=max_len)
+                h = (checked.type, req_id, tx_id, length)
             else:
-                h = Header(msg_type, req_id, tx_id, length)
+                h = (msg_type, req_id, tx_id, length)
             self._header = h
             del buf[:HEADER_SIZE]
-        length = h.len
+        msg_type, req_id, tx_id, length = h
         if len(buf) < length:
             if self._eof:
                 raise ProtocolError(
-                    f"stream ended inside {h.type.name} req_id {h.req_id}: {len(buf)} of {length} payload bytes"
+                    f"stream ended inside {msg_type.name} req_id {req_id}: {len(buf)} of {length} payload bytes"
                 )
             return None
         payload = bytes(buf[:length])
         del buf[:length]
         self._header = None
-        return Message(h.type, h.req_id, h.tx_id, payload)
+        return Message(msg_type, req_id, tx_id, payload)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -330,6 +331,8 @@ def _exact(payload: bytes, n: int, what: str, *, last_nul_optional: bool = False
 
 
 def _z(*parts: bytes) -> bytes:
+    if len(parts) == 1:
+        return parts[0] + b"\0"
     return b"".join(p + b"\0" for p in parts)
 
 
