@@ -344,3 +344,21 @@ def test_reconnection_needs_the_feature() -> None:
         RingDevice(XenstoreRing(buf, back=True), SocketDoorbell(b)).reconnect(timeout=1)
     a.close()
     b.close()
+
+
+def test_a_write_to_a_ring_nobody_reads_times_out() -> None:
+    """``RingDevice.write`` waits while the ring is full, but not forever: a peer that stopped reading gives
+    ``Timeout`` after ``write_timeout``, and what fitted before is not lost."""
+    buf = page(0)
+    a, b = socket.socketpair()
+    try:
+        front = RingDevice(XenstoreRing(buf), SocketDoorbell(a), path="ring:front", write_timeout=0.05)
+        assert front.write(b"x" * 1500) == XENSTORE_RING_SIZE
+        with pytest.raises(E.Timeout, match=r"ring:front.*stayed full.*not reading"):
+            front.write(b"y")
+        back = XenstoreRing(buf, back=True)
+        assert back.read(4096) == b"x" * XENSTORE_RING_SIZE
+        assert front.write(b"y") == 1  # room again
+    finally:
+        a.close()
+        b.close()

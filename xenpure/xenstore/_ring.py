@@ -243,9 +243,9 @@ class RingDevice:
 
     ``read`` takes the pending notifications first, then the bytes, and raises ``BlockingIOError`` if the
     ring is empty (the clients then wait on ``fileno`` again, deadline included). ``write`` never consumes
-    notifications (they belong to the reader): when the ring is full it polls for space
-    every ``poll`` seconds, which is rare (a message is at most 4112 bytes, the ring 1024, and the peer
-    drains it as soon as it is notified).
+    notifications (they belong to the reader): when the ring is full it polls for space every ``poll``
+    seconds, for at most ``write_timeout`` seconds (then ``Timeout``: the peer stopped reading). Waiting is
+    rare: a message is at most 4112 bytes, the ring 1024, and the peer drains it as soon as it is notified.
 
     On the front end, both raise ``ConnectionClosed`` once xenstored has set the ring's ``error`` (it
     advertises ERROR), and both hold off (``read`` says "nothing yet", ``write`` waits) while a reconnection
@@ -253,12 +253,19 @@ class RingDevice:
     """
 
     def __init__(
-        self, ring: XenstoreRing, bell: Doorbell, *, path: str = "xenstore ring", poll: float = 0.0005
+        self,
+        ring: XenstoreRing,
+        bell: Doorbell,
+        *,
+        path: str = "xenstore ring",
+        poll: float = 0.0005,
+        write_timeout: float | None = 30.0,
     ) -> None:
         self.ring = ring
         self.bell = bell
         self.path = path
         self._poll = poll
+        self.write_timeout = write_timeout
         self._closed = False
 
     def fileno(self) -> int:
@@ -291,6 +298,9 @@ class RingDevice:
         return data
 
     def write(self, data: bytes) -> int:
+        """Put as much of ``data`` in the ring as fits, waiting while it is full (or being reconnected); raises
+        ``Timeout`` if no byte fits within ``write_timeout`` seconds (a peer that stopped reading)."""
+        deadline = None if self.write_timeout is None else time.monotonic() + self.write_timeout
         while True:
             if self._closed:
                 raise ValueError(f"{self.path} is closed")
@@ -299,6 +309,11 @@ class RingDevice:
                 if n:
                     self.bell.notify()
                     return n
+            if deadline is not None and time.monotonic() >= deadline:
+                raise Timeout(
+                    f"{self.path}: the request half of the ring stayed full (or reconnecting) for "
+                    f"{self.write_timeout} s; the other end is not reading it"
+                )
             time.sleep(self._poll)
 
     def reconnect(self, timeout: float) -> None:
