@@ -7,11 +7,12 @@ can never disagree about what a message means. ``XenstoreRing`` is the shared ri
 ::
 
     from xenpure.kernel import LinuxKernel
-    from xenpure.xenstore import Client
+    from xenpure.xenstore import Client, Read
 
     with Client.open(LinuxKernel()) as xs:
         xs.read("/local/domain/0/name")                  # b'Domain-0'
         xs.retry(lambda tx: tx.write("/tool/x", "1"))    # a transaction, re-run on EAGAIN
+        xs.gather([Read(p) for p in paths])              # pipelined: one write, replies matched by id
 """
 
 from __future__ import annotations
