@@ -8,7 +8,11 @@ Rule 1: prefer the copy nobody else consumes. In order:
    attaches to): output from now on.
 3. ``ring``: with no xenconsoled attached, we are the console backend: the guest's console page (xenstore
    ``console/ring-ref``, a machine frame for a PV guest) is mapped through privcmd and its ``out`` ring is
-   consumed. Every index on that page is guest-written and checked before use.
+   consumed. Every index on that page is guest-written and checked before use. As a backend we also hold
+   the guest's console event channel (xenstore ``console/port``, bound interdomain through
+   /dev/xen/evtchn): the guest signals it after writing, which wakes ``read``, and we signal it after
+   consuming, so a guest whose ring was full (its hvc driver waits for room) writes the rest. The port is
+   unbound again on ``close``, free for the next backend; a port some other backend holds is refused.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ProtocolError, XenError
+from ..errors import InvalidArgument, ProtocolError, XenError
 from ..hypercall.abi.io_console import XENCONS_INTERFACE
 
 if TYPE_CHECKING:
@@ -36,6 +40,8 @@ _OUT = _CONS.offsetof("out")
 _OUT_SIZE = _CONS.offsetof("in_cons") - _OUT  # sizeof(out): the ring is the array between them
 _OUT_CONS = _CONS.offsetof("out_cons")
 _OUT_PROD = _CONS.offsetof("out_prod")
+#: The longest a ring ``read`` sleeps between looks at the ring when the guest's event does not come.
+_RING_POLL = 0.05
 
 
 class GuestConsole:
@@ -51,6 +57,9 @@ class GuestConsole:
         self._pos = 0
         self._map: Any = None
         self._fm: Any = None
+        self._evt: Any = None
+        self._chan: Any = None
+        self._hung_up = False  # the pty's other end is gone: nothing to select on any more
         name = domain.name
         log_file = log_dir / f"guest-{name}.log" if name else None
         tty = domain._read(f"{domain.path}/console/tty")
@@ -65,16 +74,30 @@ class GuestConsole:
             self._open_ring()
 
     def _open_ring(self) -> None:
+        from ..evtchn import EventChannels
         from ..foreignmemory import ForeignMemory
 
-        ref = self.domain._read(f"{self.domain.path}/console/ring-ref")
+        domid, home = self.domain.id, self.domain.path
+        ref = self.domain._read(f"{home}/console/ring-ref")
         if ref is None or not ref.strip().isdigit():
-            raise XenError(f"domain {self.domain.id} has no console ring-ref in xenstore (got {ref!r})")
-        self._fm = ForeignMemory.open(self.domain.host.kernel)
+            raise XenError(f"domain {domid} has no console ring-ref in xenstore (got {ref!r})")
+        port = self.domain._read(f"{home}/console/port")
+        if port is None or not port.strip().isdigit():
+            raise XenError(f"domain {domid} has no console port in xenstore (got {port!r})")
+        kernel = self.domain.host.kernel
         try:
-            self._map = self._fm.map(self.domain.id, [int(ref)], readonly=False)
+            self._fm = ForeignMemory.open(kernel)
+            self._map = self._fm.map(domid, [int(ref)], readonly=False)
+            self._evt = EventChannels.open(kernel)
+            try:
+                self._chan = self._evt.bind_interdomain(domid, int(port))
+            except InvalidArgument as e:
+                raise XenError(
+                    f"domain {domid}'s console port {int(port)} is not free for dom0: another console backend"
+                    f" (xenconsoled?) holds it ({e})"
+                ) from e
         except BaseException:
-            self._fm.close()
+            self.close()
             raise
 
     # -- reading ----------------------------------------------------------------------------------------
@@ -87,6 +110,7 @@ class GuestConsole:
             return b""
         except OSError as e:
             if e.errno == errno.EIO:  # the pty's other end is gone (the domain died)
+                self._hung_up = True
                 return b""
             raise
 
@@ -103,7 +127,14 @@ class GuestConsole:
         for i in range(n):
             out.append(page[_OUT + (cons + i) % _OUT_SIZE])
         page[_OUT_CONS : _OUT_CONS + 4] = prod.to_bytes(4, "little")
+        if n:
+            self._chan.notify()  # there is room again: a guest waiting on a full ring writes the rest
         return bytes(out)
+
+    def _wait_ring(self, seconds: float) -> None:
+        """Wait up to ``seconds`` for the guest's event (it signals after writing), then re-arm the port."""
+        if self._evt.wait(seconds):
+            self._chan.unmask()
 
     def read(self, timeout: float = 0.0) -> str:
         """What arrived since the last read; waits up to ``timeout`` seconds for at least one byte."""
@@ -112,10 +143,13 @@ class GuestConsole:
             data = self._take()
             if data or time.monotonic() >= deadline:
                 return data.decode("utf-8", "replace")
-            if self.source == "pty":
-                select.select([self._fd], [], [], max(0.0, deadline - time.monotonic()))
+            left = max(0.0, deadline - time.monotonic())
+            if self.source == "pty" and not self._hung_up:
+                select.select([self._fd], [], [], left)
+            elif self.source == "ring":
+                self._wait_ring(min(_RING_POLL, left))
             else:
-                time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+                time.sleep(min(0.05, left))
 
     def follow(self, *, timeout: float | None = None, poll: float = 0.2) -> Iterator[str]:
         """Yield console text as it arrives, until ``timeout`` seconds pass (None: until the domain is gone)."""
@@ -131,6 +165,9 @@ class GuestConsole:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+        if self._evt is not None:
+            self._evt.close()  # unbinds the console port: the guest's end is unbound again, for the next backend
+            self._evt = self._chan = None
         if self._map is not None:
             self._map.close()
             self._map = None

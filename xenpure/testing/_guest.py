@@ -6,7 +6,10 @@ shutdown hypercall. Tests meet it through the same paths the library uses on rea
 
 What it models (as observed on Debian's kernel in the lab): on boot it writes the ``control/feature-*``
 keys and prints its boot lines to the console ring; when ``control/shutdown`` says ``poweroff`` or
-``reboot`` it clears the key, prints its last line and shuts down with that reason. ``obeys=False`` makes a
+``reboot`` it clears the key, prints its last line and shuts down with that reason. Its console is what
+Linux's hvc_xen does: output goes into the ``out`` ring, the guest signals its console port (unbound for
+dom0 until a backend binds it) after writing, and what does not fit waits in the guest until the backend
+signals the port back (it has consumed, there is room). ``obeys=False`` makes a
 guest that ignores the request (for timeout tests); ``listens=False`` one that never advertised it.
 
 ``SimXenstoreFrontend`` is a guest kernel's xenstore ring for a xenstored of one's own (``xenstored --xen``
@@ -40,6 +43,8 @@ _CONS = XENCONS_INTERFACE.layout()
 _OUT_OFF = _CONS.offsetof("out")
 _OUT_SIZE = _CONS.offsetof("in_cons") - _OUT_OFF  # sizeof(out)
 _OUT_PROD = _CONS.offsetof("out_prod")
+#: Console bytes a guest keeps while its ring is full (Linux's log buffer is bounded too).
+BACKLOG_MAX = 64 * 1024
 
 
 class SimGuest:
@@ -65,7 +70,14 @@ class SimGuest:
         home = f"/local/domain/{domid}"
         vm = f"/vm/{domain.handle}"
         self.console_mfn = xen.memory.alloc(domid, 1)[0]
-        self.console_port = 2
+        #: Console output that did not fit in the ring yet (the hvc driver's buffer, bounded as dmesg is).
+        self.console_backlog = bytearray()
+        with xen.lock:
+            #: The guest's console event channel, unbound for dom0 (the console backend binds it).
+            self.console_port: int = xen.evtchn.alloc_unbound(domid, domid, 0)
+            port = xen.evtchn.port(domid, self.console_port)
+            port.listener = self._on_console_event
+            port.masked = False
         # What the toolstack writes for a PV guest (the layout seen for `xl create` in the lab).
         for path, value in (
             (f"{vm}/name", name),
@@ -96,16 +108,34 @@ class SimGuest:
 
     # -- the console --------------------------------------------------------------------------------------
     def print(self, line: str) -> None:
-        """Write a line to the console ring, as the guest's hvc driver would (dropping what does not fit)."""
+        """Write a line to the console, as the guest's hvc driver would: into the ring as far as it fits, the
+        rest kept until the backend signals that it consumed (at most ``BACKLOG_MAX`` bytes; older ones go)."""
+        with self.xen.lock:
+            self.console_backlog += (line + "\r\n").encode()
+            del self.console_backlog[:-BACKLOG_MAX]
+            self._flush_console()
+
+    def _flush_console(self) -> None:
         page = self.xen.memory.page(self.console_mfn)
         rec = _CONS.parse(page)
         prod, cons = rec.out_prod, rec.out_cons
-        for byte in (line + "\r\n").encode():
-            if (prod - cons) & 0xFFFFFFFF >= _OUT_SIZE:
-                break  # ring full: a real guest would wait for the backend
+        room = _OUT_SIZE - ((prod - cons) & 0xFFFFFFFF)
+        if room <= 0 or not self.console_backlog:
+            return
+        chunk = self.console_backlog[:room]
+        for byte in chunk:
             page[_OUT_OFF + prod % _OUT_SIZE] = byte
             prod = (prod + 1) & 0xFFFFFFFF
         page[_OUT_PROD : _OUT_PROD + 4] = prod.to_bytes(4, "little")
+        del self.console_backlog[: len(chunk)]
+        if self.console_port in self.xen.evtchn.ports.get(self.domain.domid, {}):
+            self.xen.evtchn.send(self.domain.domid, self.console_port)  # dropped while no backend has bound it
+
+    def _on_console_event(self, port: int) -> None:
+        """The backend signalled the console port (it consumed): write what waited, then re-arm the port."""
+        self._flush_console()
+        if self.console_port in self.xen.evtchn.ports.get(self.domain.domid, {}):
+            self.xen.evtchn.unmask(self.domain.domid, self.console_port)
 
     # -- control/shutdown ---------------------------------------------------------------------------------
     def _on_watch(self, path: str, token: str) -> None:
@@ -126,6 +156,9 @@ class SimGuest:
 
     def close(self) -> None:
         self.xen.xenstored.detach(self._conn)
+        port = self.xen.evtchn.ports.get(self.domain.domid, {}).get(self.console_port)
+        if port is not None and port.listener == self._on_console_event:
+            port.listener = None
 
 
 class SimXenstoreFrontend:
