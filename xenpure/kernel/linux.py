@@ -185,9 +185,14 @@ class LinuxDevice:
 class LinuxSocketDevice(LinuxDevice):
     """A connected Unix stream socket (xenstored's), read with a kernel-enforced deadline.
 
-    ``read_within`` sets ``SO_RCVTIMEO`` (only when the timeout changes) and reads the blocking socket: one
-    system call per read, where waiting on the descriptor first would make two. In a PV dom0 every system
-    call bounces through Xen, so a request/reply round trip costs what its system calls cost.
+    ``read_within`` reads the blocking socket with ``SO_RCVTIMEO`` set: one system call per read, where
+    waiting on the descriptor first would make two. In a PV dom0 every system call bounces through Xen, so
+    a request/reply round trip costs what its system calls cost.
+
+    Callers pass what is left of their deadline, a little less each time, so the option is not set to each
+    value: it is left alone while it lies between 90% and 100% of the timeout asked for, and otherwise set
+    to 95% of it. A read may then give up early (``None``, which the contract allows: the caller asks again
+    with what is left), never late -- apart from the kernel rounding the option up to its clock tick.
     """
 
     def __init__(self, path: str, sock: socket.socket) -> None:
@@ -197,17 +202,24 @@ class LinuxSocketDevice(LinuxDevice):
 
     def read_within(self, n: int, timeout: float | None) -> bytes | None:
         fd = self.fileno()
-        if timeout is not None and timeout <= 0:
-            return os.read(fd, n) if select.select((fd,), (), (), 0)[0] else None
-        if timeout != self._rcvtimeo:
-            # A zero timeval means "no limit" to the kernel, so a positive timeout is at least 1 us.
-            usec = 0 if timeout is None else max(1, round(timeout * 1e6))
-            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _TIMEVAL.pack(*divmod(usec, 1_000_000)))
-            self._rcvtimeo = timeout
+        if timeout is not None and timeout <= 0.001:
+            return os.read(fd, n) if select.select((fd,), (), (), max(timeout, 0))[0] else None
+        cur = self._rcvtimeo
+        if timeout is None:
+            if cur is not None:
+                self._set_rcvtimeo(None)
+        elif cur is None or not 0.9 * timeout <= cur <= timeout:
+            self._set_rcvtimeo(0.95 * timeout)
         try:
             return os.read(fd, n)
         except BlockingIOError:  # SO_RCVTIMEO ran out
             return None
+
+    def _set_rcvtimeo(self, timeout: float | None) -> None:
+        # A zero timeval means "no limit" to the kernel, so a positive timeout is at least 1 us.
+        usec = 0 if timeout is None else max(1, int(timeout * 1e6))
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _TIMEVAL.pack(*divmod(usec, 1_000_000)))
+        self._rcvtimeo = timeout
 
     def close(self) -> None:
         if self._fd >= 0:
