@@ -2,6 +2,11 @@
 
 Rule 1: the CLI only parses arguments, calls the public API, and prints; every error the library raises
 becomes one line on stderr and exit status 1 (as ``xl`` and ``virsh`` do), never a traceback.
+
+``--sim`` gives each process a fresh simulated host with something to act on: Domain-0 and one running guest,
+``demo`` (``xenpure.testing.demo_xen``), so ``xenpure --sim pause demo`` or ``console demo`` show the verbs
+without Xen. ``create`` starts from Domain-0 alone (``connect("sim://")``), as the guest it builds is the one
+to show.
 """
 
 from __future__ import annotations
@@ -24,7 +29,13 @@ __all__ = ["main"]
 
 
 def _host(args: argparse.Namespace) -> Host:
-    return connect("sim://" if args.sim else None)
+    if not args.sim:
+        return connect(None)
+    if not args.sim_demo:
+        return connect("sim://")
+    from .testing import SimKernel, demo_xen
+
+    return connect(kernel=SimKernel(demo_xen()))
 
 
 def _domain_row(d: Domain) -> dict[str, Any]:
@@ -327,8 +338,10 @@ def cmd_console(args: argparse.Namespace) -> int:
 
 def cmd_events(args: argparse.Namespace) -> int:
     with _host(args) as host, host.events(timeout=args.timeout) as stream:
+        # The stream has its first snapshot: whatever happens from here on is reported.
+        print("xenpure: following lifecycle events", file=sys.stderr, flush=True)
         names: dict[int, str | None] = {}
-        for ev in stream:
+        for n, ev in enumerate(stream, 1):
             if ev.domid not in names or names[ev.domid] is None:
                 names[ev.domid] = host.domain_name(ev.domid)
             name = names[ev.domid]
@@ -338,6 +351,8 @@ def cmd_events(args: argparse.Namespace) -> int:
                                   "reason": reason}), flush=True)
             else:
                 print(f"{time.strftime('%H:%M:%S')} {ev} ({name or '?'})", flush=True)
+            if n == args.count:
+                break
     return 0
 
 
@@ -390,10 +405,19 @@ def cmd_abi(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n} is not a positive number")
+    return n
+
+
 def _parser() -> argparse.ArgumentParser:
-    sim_help = "use the simulated hypervisor instead of this host's Xen"
+    sim_help = ("use a simulated hypervisor instead of this host's Xen: a fresh one per run, with Domain-0 and"
+                " a running guest named demo")
     p = argparse.ArgumentParser(prog="xenpure", description="Control Xen domains from dom0, in pure Python.")
     p.add_argument("--sim", action="store_true", help=sim_help)
+    p.set_defaults(sim_demo=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--sim", action="store_true", default=argparse.SUPPRESS, help=sim_help)
     sub = p.add_subparsers(dest="command", required=True)
@@ -418,7 +442,9 @@ def _parser() -> argparse.ArgumentParser:
                     domain=True)
         s.add_argument("-w", "--wait", action="store_true", help="wait until it has shut down")
         s.add_argument("--timeout", type=float, default=60.0, help="seconds to wait (default 60)")
-    s = command("create", "build and start a PV guest from an xl.cfg file (like `xl create`)", cmd_create)
+    s = command("create", "build and start a PV guest from an xl.cfg file (like `xl create`; with --sim, on a"
+                " simulated host with Domain-0 alone)", cmd_create)
+    s.set_defaults(sim_demo=False)  # with --sim: a host with Domain-0 alone, the guest built here is the one to see
     s.add_argument("file", help="the xl.cfg file (type=\"pv\": name, memory, maxmem, vcpus, kernel, ramdisk, extra)")
     s.add_argument("-p", "--paused", action="store_true", help="leave the domain paused")
     s.add_argument("-c", "--console", action="store_true", help="attach to its console afterwards (Ctrl-] detaches)")
@@ -435,10 +461,13 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--timeout", type=float, default=None, help="stop following after this many seconds")
     s = command("destroy", "destroy a domain at once", cmd_destroy, domain=True)
     s.add_argument("--timeout", type=float, default=60.0)
-    s = command("events", "follow lifecycle events", cmd_events, data=True)
+    s = command("events", "follow lifecycle events (until --count, --timeout or Ctrl-C)", cmd_events, data=True)
     s.add_argument("--timeout", type=float, default=None, help="stop after this many seconds")
-    s = command("console", "follow a guest's console output (read-only)", cmd_console, domain=True)
-    s.add_argument("--timeout", type=float, default=None, help="stop after this many seconds")
+    s.add_argument("-n", "--count", type=_positive, default=None, help="stop after N events")
+    s = command("console", "follow a guest's console output (read-only) until it is gone, --timeout or Ctrl-C",
+                cmd_console, domain=True)
+    s.add_argument("--timeout", type=float, default=None,
+                   help="stop after this many seconds (default: follow until the domain is gone)")
     s = command("dmesg", "the hypervisor's console (like `xl dmesg`)", cmd_dmesg)
     s.add_argument("-c", "--clear", action="store_true", help="clear the ring after reading")
     s = command("top", "cpu, memory and state per domain, refreshed", cmd_top, data=True)

@@ -12,6 +12,8 @@ dom0 until a backend binds it) after writing, and what does not fit waits in the
 signals the port back (it has consumed, there is room). ``obeys=False`` makes a
 guest that ignores the request (for timeout tests); ``listens=False`` one that never advertised it.
 
+``demo_xen()`` is the host ``xenpure --sim`` acts on: Domain-0 and one such guest, ``demo``.
+
 ``SimXenstoreFrontend`` is a guest kernel's xenstore ring for a xenstored of one's own (``xenstored --xen``
 on a ``SimKernel``): the page the builder gave the domain, granted to dom0 at ``GNTTAB_RESERVED_XENSTORE``
 as a toolstack fills it, the unbound port for dom0, and the front end a test drives (``device``).
@@ -30,13 +32,16 @@ from ..xenstore._wire import Perm, PermAccess, Read, Watch, Write
 if TYPE_CHECKING:
     from ._hypervisor import SimDomain, SimXen
 
-__all__ = ["BOOT_LINES", "SimGuest", "SimXenstoreFrontend"]
+__all__ = ["BOOT_LINES", "DEMO_GUEST", "SimGuest", "SimXenstoreFrontend", "demo_xen"]
 
 BOOT_LINES = (
     "Linux version 6.1.0-sim (xenpure simulated guest)",
     "Booting paravirtualized kernel on Xen",
     "XENPURE-GUEST-UP kernel",
 )
+
+#: The name of the guest ``demo_xen()`` starts.
+DEMO_GUEST = "demo"
 
 _WORDS = {b"poweroff": ShutdownReason.poweroff, b"reboot": ShutdownReason.reboot, b"halt": ShutdownReason.poweroff}
 _CONS = XENCONS_INTERFACE.layout()
@@ -159,6 +164,17 @@ class SimGuest:
         port = self.xen.evtchn.ports.get(self.domain.domid, {}).get(self.console_port)
         if port is not None and port.listener == self._on_console_event:
             port.listener = None
+
+
+def demo_xen(release: str = "4.17") -> SimXen:
+    """A fresh simulated host with something to act on, as ``xenpure --sim`` shows it: Domain-0 and one running
+    PV guest, ``demo`` (domain 1, 128 MiB, 1 vcpu, its xenstore entries, a console ring holding its boot lines,
+    a kernel that answers control/shutdown). ``connect("sim://")`` is the same host without the guest."""
+    from ._hypervisor import SimXen
+
+    xen = SimXen(release)
+    xen.add_guest(DEMO_GUEST, memory_mib=128, vcpus=1)
+    return xen
 
 
 class SimXenstoreFrontend:
