@@ -376,3 +376,69 @@ def test_error_names_outside_xsd_errors() -> None:
     odd = E.XenstoreError.from_reply("EQUOTA", "WRITE", "/a")  # not an errno at all: kept, not collapsed
     assert type(odd) is E.XenstoreError and odd.errno is None and odd.error == "EQUOTA"
     assert isinstance(E.ConnectionClosed(), ConnectionResetError)
+
+
+def _outcome(core: ClientCore, chunks: list[bytes], fast: bool) -> tuple[list[Any], str | None]:
+    """Feed ``chunks`` (then the end of the stream) through ``receive`` or through receive_data+next_event;
+    return the events (without their request objects) and the ProtocolError message, if any."""
+    got: list[Any] = []
+
+    def plain(ev: Any) -> Any:
+        if isinstance(ev, Reply | ErrorReply):
+            what = ev.value if isinstance(ev, Reply) else ev.error
+            return (type(ev).__name__, ev.req_id, ev.tx_id, ev.request.TYPE, what)
+        if isinstance(ev, Closed):
+            return ("Closed", tuple(r.TYPE for r in ev.outstanding))
+        return ev
+
+    try:
+        for chunk in [*chunks, b""]:
+            if fast:
+                got.extend(plain(e) for e in core.receive(chunk))
+            else:
+                core.receive_data(chunk)
+                got.extend(plain(e) for e in events(core))
+    except E.ProtocolError as e:
+        with pytest.raises(E.ProtocolError):  # broken for good, either way
+            core.receive(b"x") if fast else core.next_event()
+        return got, str(e)
+    return got, None
+
+
+def _cores() -> ClientCore:
+    core = ClientCore()
+    for r in (W.Read("/a"), W.Directory("/d"), W.GetPerms("/c"), W.Read("/b")):
+        core.send(r)
+    return core
+
+
+_VALID = [
+    W.Message(XsType.READ, 1, 0, b"value").encode(),
+    W.Message(XsType.WATCH_EVENT, 0, 0, b"/w\0tok\0").encode(),
+    W.Message(XsType.ERROR, 4, 0, b"ENOENT\0").encode(),
+    W.HEADER.pack(XsType.DIRECTORY, 2, 0, 5000) + b"x\0" * 2500,  # oxenstored's over-long DIRECTORY
+    W.Message(XsType.GET_PERMS, 3, 7, b"n0\0r1\0").encode(),
+]
+
+
+@given(
+    st.lists(st.sampled_from(range(len(_VALID))), max_size=6, unique=True),
+    st.binary(max_size=40),
+    st.lists(st.integers(min_value=0, max_value=6000), max_size=6),
+)
+def test_receive_gives_what_next_event_gives_for_any_split(order: list[int], tail: bytes, cuts: list[int]) -> None:
+    """``receive`` decodes whole messages straight from what was read; whatever the bytes and however they
+    are cut, it gives the same events, and the same ProtocolError, as the framer path."""
+    stream = b"".join(_VALID[i] for i in order) + tail
+    points = sorted({min(c, len(stream)) for c in cuts})
+    chunks = [stream[a:b] for a, b in zip([0, *points], [*points, len(stream)], strict=True) if b > a]
+    assert _outcome(_cores(), chunks, fast=True) == _outcome(_cores(), chunks, fast=False)
+
+
+def test_receive_decodes_several_whole_messages_and_keeps_a_partial_one() -> None:
+    core = _cores()
+    data = _VALID[0] + _VALID[1] + _VALID[4][:10]
+    evs = core.receive(data)
+    assert [type(e) for e in evs] == [Reply, WatchEvent] and evs[0].value == b"value"
+    (ev,) = core.receive(_VALID[4][10:])
+    assert isinstance(ev, Reply) and ev.tx_id == 7

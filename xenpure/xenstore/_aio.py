@@ -264,8 +264,7 @@ class AsyncClient(_AsyncNodeOps):
                 data = self.device.read(_READ_SIZE)
             except BlockingIOError:
                 return  # woken for nothing: the loop calls us again when there is more
-            self._core.receive_data(data)
-            while (ev := self._core.next_event()) is not None:
+            for ev in self._core.receive(data):
                 if isinstance(ev, WatchEvent):
                     self._watch_queue.put_nowait(ev)
                 elif isinstance(ev, Closed):

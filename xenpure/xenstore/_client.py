@@ -373,8 +373,7 @@ class Client(_NodeOps):
                 )
             return
         core = self._core
-        core.receive_data(data)
-        while (ev := core.next_event()) is not None:
+        for ev in core.receive(data):
             if isinstance(ev, WatchEvent):
                 self._watch_events.append(ev)
             elif isinstance(ev, Closed):

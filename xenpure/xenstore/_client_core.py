@@ -29,11 +29,13 @@ from typing import Any, Generic, TypeVar
 
 from ..errors import ConnectionClosed, ProtocolError, XenstoreError
 from ._wire import (
+    _TYPE_OF,
+    HEADER,
     HEADER_SIZE,
+    XENSTORE_PAYLOAD_MAX,
     Directory,
     Framer,
     GetDomainPath,
-    Message,
     Request,
     XsType,
     parse_error,
@@ -217,6 +219,42 @@ class ClientCore:
             raise self._error
         self._framer.receive_data(data)
 
+    def receive(self, data: bytes) -> list[Event]:
+        """``receive_data(data)``, then every event that completes (what ``next_event`` would hand out until
+        ``None``), in order.
+
+        The common case -- whole messages read at a message boundary -- is decoded straight from ``data``,
+        with the same checks as the framer's; anything else (a message cut short, an unknown type, a length
+        over the limit, the end of the stream) goes through the framer, which says what is wrong.
+        """
+        if self._error is not None:
+            raise self._error
+        out: list[Event] = []
+        framer = self._framer
+        if data and framer.idle and not self._closed:
+            off, n = 0, len(data)
+            try:
+                while n - off >= HEADER_SIZE:
+                    t, req_id, tx_id, length = HEADER.unpack_from(data, off)
+                    msg_type = _TYPE_OF.get(t)
+                    start = off + HEADER_SIZE
+                    if msg_type is None or length > XENSTORE_PAYLOAD_MAX or n - start < length:
+                        break  # the framer's case
+                    off = start + length
+                    ev = self._decode(msg_type, req_id, tx_id, data[start:off])
+                    if ev is not None:
+                        out.append(ev)
+            except ProtocolError as e:
+                self._error = e
+                raise
+            if off == n:
+                return out
+            data = data[off:]
+        framer.receive_data(data)
+        while (ev := self.next_event()) is not None:
+            out.append(ev)
+        return out
+
     def next_event(self) -> Event | None:
         """The next event, or ``None`` until more bytes are received."""
         if self._error is not None:
@@ -239,22 +277,21 @@ class ClientCore:
                     log.debug("<- end of stream (%d requests outstanding)", len(self._pending))
                     return Closed(lost)
                 return None
-            ev = self._decode(msg)
+            ev = self._decode(msg.type, msg.req_id, msg.tx_id, msg.payload)
             if ev is not None:
                 return ev
 
-    def _decode(self, msg: Message) -> Event | None:
+    def _decode(self, msg_type: XsType, req_id: int, tx_id: int, payload: bytes) -> Event | None:
         debug = log.isEnabledFor(logging.DEBUG)
-        if msg.type is _WATCH_EVENT:
-            path, token = parse_watch_event(msg.payload)
+        if msg_type is _WATCH_EVENT:
+            path, token = parse_watch_event(payload)
             if debug:
                 log.debug("<- WATCH_EVENT path=%r token=%r", path, token)
             return WatchEvent(path, token)
-        req_id = msg.req_id
         entry = self._pending.pop(req_id, None)
         if entry is None:
             raise ProtocolError(
-                f"xenstored sent {msg.type.name} for req_id {req_id}, which this connection never sent "
+                f"xenstored sent {msg_type.name} for req_id {req_id}, which this connection never sent "
                 "(or which was already answered)"
             )
         request = entry[0]
@@ -263,23 +300,23 @@ class ClientCore:
         abandoned = req_id in self._abandoned
         if abandoned:
             self._abandoned.discard(req_id)
-        if msg.type is _ERROR:
-            error = parse_error(msg.payload)
+        if msg_type is _ERROR:
+            error = parse_error(payload)
             if debug:
-                log.debug("<- ERROR req_id=%d tx_id=%d %s (for %s)", req_id, msg.tx_id, error, request.TYPE.name)
-            event: Event = ErrorReply(req_id, msg.tx_id, request, error)
-        elif msg.type is not request.TYPE:
+                log.debug("<- ERROR req_id=%d tx_id=%d %s (for %s)", req_id, tx_id, error, request.TYPE.name)
+            event: Event = ErrorReply(req_id, tx_id, request, error)
+        elif msg_type is not request.TYPE:
             raise ProtocolError(
-                f"xenstored answered {request.TYPE.name} req_id {req_id} with a {msg.type.name} message"
+                f"xenstored answered {request.TYPE.name} req_id {req_id} with a {msg_type.name} message"
             )
         else:
             try:
-                value = request.parse_reply(msg.payload)
+                value = request.parse_reply(payload)
             except ProtocolError as e:
                 raise ProtocolError(f"bad reply to {request.TYPE.name} req_id {req_id}: {e}") from None
             if debug:
-                log.debug("<- %s req_id=%d tx_id=%d %s", msg.type.name, req_id, msg.tx_id, _short(value))
-            event = Reply(req_id, msg.tx_id, request, value)
+                log.debug("<- %s req_id=%d tx_id=%d %s", msg_type.name, req_id, tx_id, _short(value))
+            event = Reply(req_id, tx_id, request, value)
         if abandoned:
             if debug:
                 log.debug("   (dropped: its caller gave up waiting)")

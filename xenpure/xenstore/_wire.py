@@ -146,7 +146,7 @@ XSD_ERRORS: tuple[str, ...] = (
 )
 
 _VALID_TYPES = frozenset(int(t) for t in XsType if t is not XsType.INVALID)
-#: Type number -> member, for the framer's hot path (``XsType(n)`` costs an enum lookup per message).
+#: Type number -> member, for the framers' hot paths (``XsType(n)`` costs an enum lookup per message).
 _TYPE_OF: dict[int, XsType] = {int(t): t for t in XsType if t is not XsType.INVALID}
 
 
@@ -241,6 +241,11 @@ class Framer:
     @property
     def buffered(self) -> int:
         return len(self._buf)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing buffered, no message begun, the stream open and unbroken: the next bytes start a message."""
+        return not self._buf and self._header is None and not self._eof and self._error is None
 
     def receive_data(self, data: bytes) -> None:
         if self._error is not None:
