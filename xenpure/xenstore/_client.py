@@ -18,8 +18,10 @@ cannot take two at once); the pump writes it when it is released.
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -90,6 +92,31 @@ DEFAULT_TIMEOUT = 30.0
 DEFAULT_ATTEMPTS = 16
 
 _READ_SIZE = 65536
+
+
+_CLOCK_MONOTONIC_COARSE = 6  # linux/time.h; the time module does not name it
+
+
+def _coarse_clock() -> tuple[Callable[[], float], float]:
+    """A monotonic clock that costs no system call, and its resolution.
+
+    CLOCK_MONOTONIC is read through the vDSO only when the clocksource allows it; a PV dom0's Xen clock
+    may not (then every reading is a system call, which bounces through Xen). CLOCK_MONOTONIC_COARSE is
+    always read from the vDSO, at the resolution of the kernel's tick (1-10 ms): plenty for deadlines of
+    seconds, and each round trip reads the clock twice.
+    """
+    if not sys.platform.startswith("linux"):
+        return time.monotonic, 0.0
+    clock = _CLOCK_MONOTONIC_COARSE
+    try:
+        tick = time.clock_getres(clock)
+    except OSError:
+        return time.monotonic, 0.0
+    return functools.partial(time.clock_gettime, clock), tick
+
+
+#: Deadlines are kept on this clock; a deadline within ``_TICK`` of now counts as reached.
+_now, _TICK = _coarse_clock()
 
 
 def _waited(request: Request[Any] | None) -> str:
@@ -354,7 +381,7 @@ class Client(_NodeOps):
 
     def _deadline(self, timeout: float | None) -> float | None:
         t = self.timeout if timeout is None else timeout
-        return None if t is None else time.monotonic() + t
+        return None if t is None else _now() + t
 
     def _pump(self, deadline: float | None, waiting_for: Request[Any] | None) -> None:
         """Wait for bytes (until ``deadline``), feed them to the core, and file the events it returns.
@@ -363,10 +390,10 @@ class Client(_NodeOps):
         """
         if self._closed_event is not None:
             raise ConnectionClosed(f"xenstored closed the connection; {_waited(waiting_for)} will not come")
-        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        remaining = None if deadline is None else max(0.0, deadline - _now())
         data = self._read_within(_READ_SIZE, remaining)
         if data is None:  # nothing in time (or woken for nothing: then wait again, while time is left)
-            if deadline is not None and time.monotonic() >= deadline:
+            if deadline is not None and _now() + _TICK >= deadline:
                 raise Timeout(
                     f"no {_waited(waiting_for)} from xenstored on {self.device.path} within the timeout "
                     f"({self._core.outstanding} requests unanswered, {len(self._watch_events)} watch events queued)"
