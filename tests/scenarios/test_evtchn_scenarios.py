@@ -15,6 +15,7 @@ import pytest
 from xenpure.domain import Host
 from xenpure.errors import AccessDenied, HypercallError, InvalidArgument, NoSuchDomain
 from xenpure.evtchn import Channel, EventChannels, EvtchnOps, EvtchnStat, Virq
+from xenpure.hypercall.abi.xen import DomId
 
 WAIT = 10.0  # seconds for an event that must come (TCG is slow)
 NOTHING = 0.5  # seconds a wait that must come back empty lasts
@@ -156,7 +157,7 @@ def test_reset_forgets_fired_ports(evt: EventChannels) -> None:
 def test_hypercall_send_reaches_the_device(host: Host, evt: EventChannels) -> None:
     """EVTCHNOP_send on a port allocated by hypercall (for DOMID_SELF's peer 0) fires dom0's bound end."""
     ops = EvtchnOps(host.privcmd)
-    hp = ops.alloc_unbound(0x7FF0, 0)
+    hp = ops.alloc_unbound(DomId.SELF, 0)
     try:
         ch = evt.bind_interdomain(0, hp)
         assert evt.wait(WAIT) == [ch.port]
@@ -168,6 +169,86 @@ def test_hypercall_send_reaches_the_device(host: Host, evt: EventChannels) -> No
     with pytest.raises(InvalidArgument):
         ops.send(hp)
     assert ops.status(0, ch.port).state is EvtchnStat.unbound
+
+
+def test_hypercall_bind_interdomain_connects_to_a_device_port(host: Host, evt: EventChannels) -> None:
+    """EVTCHNOP_bind_interdomain (no device underneath) to a port dom0's device offered: both ends read
+    interdomain, EVTCHNOP_send on the new port fires the device's end, and closing it leaves that end
+    unbound again. A port not offered is EINVAL, an unknown domain ESRCH."""
+    ops = EvtchnOps(host.privcmd)
+    with evt.bind_unbound_port(0) as a:
+        lp = ops.bind_interdomain(0, a.port)
+        try:
+            sa, sl = ops.status(0, a.port), ops.status(0, lp)
+            assert (sa.state, sa.remote_domid, sa.remote_port) == (EvtchnStat.interdomain, 0, lp)
+            assert (sl.state, sl.remote_domid, sl.remote_port) == (EvtchnStat.interdomain, 0, a.port)
+            ops.send(lp)
+            assert evt.wait(WAIT) == [a.port]
+            with pytest.raises(InvalidArgument):
+                ops.bind_interdomain(0, a.port)  # connected now: no longer offered
+        finally:
+            ops.close(lp)
+        sa = ops.status(0, a.port)
+        assert (sa.state, sa.remote_domid) == (EvtchnStat.unbound, 0)
+        assert ops.status(0, lp).state is EvtchnStat.closed
+        with pytest.raises(InvalidArgument):
+            ops.bind_interdomain(0, lp)  # a free port
+        with pytest.raises(InvalidArgument):
+            ops.bind_interdomain(0, 4000)  # beyond any port dom0 has had
+        with pytest.raises(NoSuchDomain):
+            ops.bind_interdomain(999, a.port)
+
+
+def test_hypercall_unmask(host: Host) -> None:
+    """EVTCHNOP_unmask on dom0's own port (one no device bound): accepted while it is allocated, and after it
+    is closed too (a port once allocated stays valid to Xen); EINVAL only beyond any port dom0 has had."""
+    ops = EvtchnOps(host.privcmd)
+    hp = ops.alloc_unbound(DomId.SELF, 0)
+    try:
+        ops.unmask(hp)
+        assert ops.status(0, hp).state is EvtchnStat.unbound  # unmasking changes no binding
+    finally:
+        ops.close(hp)
+    ops.unmask(hp)
+    assert ops.status(0, hp).state is EvtchnStat.closed
+    with pytest.raises(InvalidArgument):
+        ops.unmask(4000)
+
+
+def test_status_edges(host: Host) -> None:
+    """EVTCHNOP_status: port 0 is Xen's reserved port and reads closed; a port beyond any dom0 has had is
+    EINVAL; an unknown domain is ESRCH."""
+    ops = EvtchnOps(host.privcmd)
+    assert ops.status(0, 0).state is EvtchnStat.closed
+    with pytest.raises(InvalidArgument):
+        ops.status(0, 4000)
+    with pytest.raises(NoSuchDomain):
+        ops.status(999, 1)
+
+
+def test_fdopen_adopts_an_open_device(
+    host: Host, open_fds: Callable[[], set[str]], mappings: Callable[[], int]
+) -> None:
+    """xenevtchn_fdopen's equivalent: a handle over a device opened elsewhere works as one from open(), and
+    closing it closes that device (unbinding every port) and leaks nothing."""
+    ops = EvtchnOps(host.privcmd)
+    before_fds, before_maps = open_fds(), mappings()
+    device = host.kernel.open("evtchn")
+    evt = EventChannels.fdopen(device)
+    try:
+        assert evt.fileno() == device.fileno()
+        a, b = loopback(evt)
+        b.notify()
+        assert evt.pending(WAIT) == a.port
+    finally:
+        evt.close()
+    with pytest.raises(ValueError):
+        device.fileno()  # the handle closed the device it adopted
+    assert a.closed and b.closed
+    assert ops.status(0, a.port).state is EvtchnStat.closed
+    assert ops.status(0, b.port).state is EvtchnStat.closed
+    assert open_fds() == before_fds
+    assert mappings() == before_maps
 
 
 def test_driver_edges(evt: EventChannels) -> None:

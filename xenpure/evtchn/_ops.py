@@ -95,13 +95,21 @@ class EvtchnOps:
         self._op(EvtchnOp.send, SEND, port=port)
 
     def unmask(self, port: int) -> None:
-        """Unmask a port of the calling domain (``EVTCHNOP_unmask``); a pending event is delivered again."""
+        """Unmask a port of the calling domain (``EVTCHNOP_unmask``); a pending event is delivered again.
+
+        A port that is free but was allocated once is accepted (there is nothing to deliver); raises
+        ``InvalidArgument`` for a port beyond any the domain has had. For a port bound through
+        /dev/xen/evtchn, use ``EventChannels.unmask`` instead: the driver keeps its own state for it.
+        """
         self._op(EvtchnOp.unmask, UNMASK, port=port)
 
     def reset(self, domid: int) -> None:
-        """Close every port of ``domid`` (``EVTCHNOP_reset``), as before a guest's soft reset.
+        """Close every port of ``domid`` (``EVTCHNOP_reset``), as before a guest's soft reset; each
+        interdomain peer is left unbound, as ``close`` leaves it.
 
-        Never aim it at dom0 (``DOMID_SELF``): it would close the ports dom0's kernel runs on.
+        Xen resets another domain's ports only while the toolstack holds it paused (``Domain.pause()``;
+        a domain being built is): raises ``InvalidArgument`` otherwise, ``NoSuchDomain``. Never aim it at
+        dom0 (``DOMID_SELF``): it would close the ports dom0's kernel runs on.
         """
         self._op(EvtchnOp.reset, RESET, dom=domid)
 

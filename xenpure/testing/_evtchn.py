@@ -60,6 +60,11 @@ __all__ = ["SimEventChannels", "SimEvtchnFile", "SimPort", "SimPortDoorbell"]
 
 #: Ports per domain in the 2-level ABI on x86_64 (64 * 64); port 0 is never handed out.
 NR_PORTS = 4096
+#: Xen allocates a domain's port structures a bucket at a time (one page of 64-byte entries) and never frees
+#: a bucket while the domain lives: a port is *valid* below the end of the highest bucket allocated so far
+#: (bucket 0 from the start), whether or not it is in use. Ops on an invalid port answer EINVAL; on a valid
+#: port that is free, status says closed, unmask does nothing and succeeds, close and send answer EINVAL.
+EVTCHNS_PER_BUCKET = 64
 #: Ports Linux's FIFO event ABI covers until it expands its event array (one page of event words):
 #: IOCTL_EVTCHN_UNBIND answers EINVAL at or above it, ENOTCONN below for a port the file did not bind.
 FIFO_FIRST_PAGE = 1024
@@ -98,6 +103,8 @@ class SimEventChannels:
     def __init__(self, xen: Any) -> None:
         self.xen = xen
         self.ports: dict[int, dict[int, SimPort]] = {}
+        #: Per domain, the end of its valid port range (see ``EVTCHNS_PER_BUCKET``); it only grows.
+        self.valid: dict[int, int] = {}
         xen.domain_hooks.append(self._domain_event)
 
     # -- model operations (the caller is domain ``me``) ------------------------------------------------
@@ -110,6 +117,8 @@ class SimEventChannels:
         for p in range(1, NR_PORTS):
             if p not in table:
                 table[p] = SimPort(domid, p)
+                end = (p // EVTCHNS_PER_BUCKET + 1) * EVTCHNS_PER_BUCKET
+                self.valid[domid] = max(self.valid.get(domid, EVTCHNS_PER_BUCKET), end)
                 return table[p]
         raise _err(errno.ENOSPC, f"domain {domid} has no free event channel")
 
@@ -119,6 +128,10 @@ class SimEventChannels:
         if p is None:
             raise _err(errno.EINVAL, f"domain {domid} has no port {port}")
         return p
+
+    def is_valid(self, domid: int, port: int) -> bool:
+        """Whether ``port`` is in ``domid``'s valid range (allocated once, in use or not)."""
+        return 0 <= port < self.valid.get(domid, EVTCHNS_PER_BUCKET)
 
     def _dom(self, me: int, dom: int) -> int:
         return me if dom == DomId.SELF else dom
@@ -179,14 +192,24 @@ class SimEventChannels:
             raise _err(errno.EINVAL, f"cannot send on a {p.state.name} port")
 
     def unmask(self, me: int, port: int) -> None:
-        p = self.port(me, port)
+        table = self._table(me)
+        if not self.is_valid(me, port):
+            raise _err(errno.EINVAL, f"domain {me} has no port {port}")
+        p = table.get(port)
+        if p is None:
+            return  # a free port in the valid range: nothing to deliver, and Xen answers 0
         p.masked = False
         if p.pending:
             self._upcall(p)
 
     def reset(self, me: int, dom: int) -> None:
-        for port in sorted(self._table(self._dom(me, dom))):
-            self.close(self._dom(me, dom), port)
+        target = self._dom(me, dom)
+        d = self.xen._domain(target)
+        if target != me and not d.paused:
+            # Another domain's channels are reset only while the toolstack holds it paused.
+            raise _err(errno.EINVAL, f"domain {target} is not paused by the controller")
+        for port in sorted(self._table(target)):
+            self.close(target, port)
 
     def raise_port(self, p: SimPort) -> None:
         """Set ``p`` pending, and deliver it if it is unmasked."""
@@ -210,6 +233,7 @@ class SimEventChannels:
             for port in sorted(self.ports.get(d.domid, {})):
                 self.close(d.domid, port)
             self.ports.pop(d.domid, None)
+            self.valid.pop(d.domid, None)
         # VIRQ_DOM_EXC is a global VIRQ: it goes to the domain that handles it, dom0 here.
         self.raise_virq(0, Virq.DOM_EXC)
 
@@ -252,6 +276,7 @@ class SimEventChannels:
         elif op == EvtchnOp.unmask:
             self.unmask(me, req.port)
         elif op == EvtchnOp.reset:
+            self.xen._domain(self._dom(me, req.dom))  # ESRCH comes first
             if not privileged and req.dom not in (DomId.SELF, me):
                 raise _err(errno.EPERM, "reset of another domain")
             self.reset(me, req.dom)
@@ -263,11 +288,12 @@ class SimEventChannels:
 
     def _status(self, me: int, req: Any, privileged: bool) -> dict[str, Any]:
         dom = self._dom(me, req.dom)
+        table = self._table(dom)  # ESRCH first, then the port, then the permission (as Xen checks them)
+        if not self.is_valid(dom, req.port):
+            raise _err(errno.EINVAL, f"port {req.port} of domain {dom}")
         if dom != me and not privileged:
             raise _err(errno.EPERM, "status of another domain's port")
-        if not 0 < req.port < NR_PORTS:
-            raise _err(errno.EINVAL, f"port {req.port}")
-        p = self._table(dom).get(req.port)
+        p = table.get(req.port)  # none: free, or port 0 (reserved); both read as closed
         out: dict[str, Any] = {"dom": req.dom, "port": req.port, "status": 0, "vcpu": 0, "u": {}}
         if p is None:
             return out
