@@ -1,7 +1,11 @@
 """The first public API on the simulated host, through the real encode/decode path."""
 
 import errno
+import gc
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +18,7 @@ from xenpure.errors import (
     InvalidArgument,
     NoSuchDomain,
     NotPrivileged,
+    NotSupported,
     ProtocolError,
     UnsupportedInterface,
 )
@@ -21,11 +26,25 @@ from xenpure.hypercall._layout import Iface
 from xenpure.hypercall.abi.domctl import DomctlCmd
 from xenpure.hypercall.abi.sched import ShutdownReason
 from xenpure.hypercall.abi.xen import Hypercall
+from xenpure.kernel import LinuxKernel
 from xenpure.testing import SimKernel, SimXen
 
 
 def _open_fds() -> set[str]:
+    """This process's open descriptors. Collects garbage first: an earlier test's simulated host closes its
+    machine memory (a memfd) when it is collected, which must not count as this test's leak or cure."""
+    gc.collect()
     return set(os.listdir("/proc/self/fd"))
+
+
+@contextmanager
+def _leaves_nothing_open(kernel: SimKernel) -> Iterator[None]:
+    """The block leaves no descriptor, device or mapping of ``kernel`` behind (nor any other descriptor)."""
+    before = _open_fds()
+    yield
+    assert kernel.live_mappings == 0
+    assert not kernel.open_devices
+    assert _open_fds() == before
 
 
 def test_version_and_physinfo(sim_host: xenpure.Host, sim_xen: SimXen) -> None:
@@ -58,11 +77,10 @@ def test_probe_finds_the_version_even_when_the_release_guess_is_wrong() -> None:
 def test_unknown_interface_names_the_known_versions() -> None:
     xen = SimXen("4.17")
     xen.iface = Iface(0x99, 0x15)
-    before = _open_fds()
-    with pytest.raises(UnsupportedInterface, match=r"0x15, 0x16, 0x17") as ei:
-        xenpure.Host(SimKernel(xen))
+    kernel = SimKernel(xen)
+    with _leaves_nothing_open(kernel), pytest.raises(UnsupportedInterface, match=r"0x15, 0x16, 0x17") as ei:
+        xenpure.Host(kernel)  # every probe answered EACCES: privcmd and its scratch buffer are released
     assert ei.value.what == "domctl"
-    assert _open_fds() == before
 
 
 def test_domains_and_info(sim_host: xenpure.Host, sim_xen: SimXen) -> None:
@@ -76,6 +94,25 @@ def test_domains_and_info(sim_host: xenpure.Host, sim_xen: SimXen) -> None:
     assert info.uuid == guest.handle
     assert info.state is DomainState.BLOCKED and info.shutdown_reason is None
     assert sim_host.domain(0).info().uuid.int == 0
+
+
+def test_cpu_time_is_what_the_vcpus_ran(sim_host: xenpure.Host, sim_xen: SimXen) -> None:
+    """getdomaininfo's cpu_time is the sum of the vcpus' times in ns, as a u64 (beyond 2**32 here), and it
+    advances as they run; getdomaininfolist and getvcpuinfo say the same."""
+    guest = sim_xen.add_domain(vcpus=2)
+    d = sim_host.domain(guest.domid)
+    assert d.info().cpu_time_ns == 0  # a domain that has not run
+    guest.vcpus[0].cpu_time_ns = 5_000_000_007
+    guest.vcpus[1].cpu_time_ns = 2_000_000_000
+    first = d.info()
+    assert first.cpu_time_ns == 7_000_000_007
+    assert [v.cpu_time_ns for v in d.vcpus()] == [5_000_000_007, 2_000_000_000]
+    guest.vcpus[1].cpu_time_ns += 1_500_000_000  # vcpu 1 ran another 1.5 s
+    later = d.info()
+    assert later.cpu_time_ns - first.cpu_time_ns == 1_500_000_000
+    listed = {i.domid: i for i in sim_host.domain_infos()}
+    assert listed[guest.domid].cpu_time_ns == later.cpu_time_ns
+    assert listed[0].cpu_time_ns == 0
 
 
 def test_many_domains_come_back_in_batches(sim_host: xenpure.Host, sim_xen: SimXen) -> None:
@@ -132,11 +169,15 @@ def test_dmesg(sim_host: xenpure.Host, sim_xen: SimXen) -> None:
     assert sim_host.dmesg() == ""
 
 
-def test_wrong_interface_version_is_eacces(sim_host: xenpure.Host) -> None:
-    with pytest.raises(AccessDenied) as ei:
-        sim_host.privcmd.domctl(sim_host.interface, DomctlCmd.getdomaininfo, 0, version=0x14)
-    assert isinstance(ei.value, HypercallError) and ei.value.errno == errno.EACCES
-    assert (ei.value.op, ei.value.subop) == ("domctl", "getdomaininfo")
+def test_wrong_interface_version_is_eacces(sim_xen: SimXen) -> None:
+    kernel = SimKernel(sim_xen)
+    with _leaves_nothing_open(kernel), xenpure.connect(kernel=kernel) as host:
+        with pytest.raises(AccessDenied) as ei:
+            host.privcmd.domctl(host.interface, DomctlCmd.getdomaininfo, 0, version=0x14)
+        assert isinstance(ei.value, HypercallError) and ei.value.errno == errno.EACCES
+        assert (ei.value.op, ei.value.subop) == ("domctl", "getdomaininfo")
+        assert kernel.live_mappings == 1  # the scratch buffer, kept for the next call (and no other)
+        assert host.domain(0).info().domid == 0  # the refusal left the channel usable
 
 
 def test_bad_address_is_efault(sim_host: xenpure.Host) -> None:
@@ -152,9 +193,54 @@ def test_unknown_ioctl_is_enotty(sim_host: xenpure.Host) -> None:
 
 
 def test_missing_devices_name_the_paths() -> None:
-    with pytest.raises(DeviceUnavailable) as ei:
-        xenpure.connect(kernel=SimKernel(devices=()))
+    kernel = SimKernel(devices=())
+    with _leaves_nothing_open(kernel), pytest.raises(DeviceUnavailable) as ei:
+        xenpure.connect(kernel=kernel)
     assert ei.value.tried == ("/dev/xen/privcmd", "/proc/xen/privcmd")
+
+
+def test_a_missing_device_after_connect_leaves_the_host_whole() -> None:
+    """No /dev/xen/evtchn: opening it fails, typed and naming the paths; the host goes on and closes clean."""
+    from xenpure.evtchn import EventChannels
+
+    kernel = SimKernel(devices=("privcmd", "hypercall"))
+    with _leaves_nothing_open(kernel), xenpure.connect(kernel=kernel) as host:
+        with pytest.raises(DeviceUnavailable) as ei:
+            EventChannels.open(host.kernel)
+        assert ei.value.tried == ("/dev/xen/evtchn", "/proc/xen/evtchn")
+        assert [d.id for d in host.domains()] == [0]
+
+
+def test_proc_xen_alone_serves_and_leaves_nothing_open() -> None:
+    """A dom0 with xenfs at /proc/xen and no /dev/xen nodes: everything is opened there, and released."""
+    kernel = SimKernel(dirs=("/proc/xen",))
+    with _leaves_nothing_open(kernel), xenpure.connect(kernel=kernel) as host:
+        assert host.privcmd.device.path == "/proc/xen/privcmd"
+        assert [d.id for d in host.domains()] == [0]
+
+
+def test_the_linux_fallback_to_proc_xen_closes_what_it_opened(tmp_path: Path) -> None:
+    """The Linux seam itself, on real descriptors (a directory pair standing in for /dev/xen and /proc/xen):
+    the node only the second directory has is opened there; a node in neither raises ``DeviceUnavailable``
+    with nothing opened; and a connect() that fails on the fallback node (a plain file: ENOTTY to the first
+    hypercall) closes it again."""
+    dev, proc = tmp_path / "dev-xen", tmp_path / "proc-xen"
+    dev.mkdir()
+    proc.mkdir()
+    (proc / "privcmd").write_bytes(b"")
+    kernel = LinuxKernel(dirs=(str(dev), str(proc)))
+    before = _open_fds()
+    with kernel.open("privcmd") as node:
+        assert node.path == str(proc / "privcmd")
+        assert os.path.samefile(f"/proc/self/fd/{node.fileno()}", proc / "privcmd")
+    assert _open_fds() == before
+    with pytest.raises(DeviceUnavailable) as ei:
+        kernel.open("evtchn")
+    assert ei.value.tried == (str(dev / "evtchn"), str(proc / "evtchn"))
+    with pytest.raises(NotSupported) as nei:
+        xenpure.connect(kernel=kernel)
+    assert nei.value.errno == errno.ENOTTY
+    assert _open_fds() == before  # closed, not left to the collector (the traceback still holds the Host)
 
 
 def test_non_root_is_not_privileged() -> None:
@@ -176,15 +262,39 @@ def test_fallback_buffers_when_the_hypercall_device_is_hidden() -> None:
         assert [d.id for d in host.domains()] == [0]
 
 
-def test_oversized_domain_list_is_a_protocol_error(sim_host: xenpure.Host, sim_xen: SimXen) -> None:
-    def lie(subop: str, data: bytes) -> bytes:
+def _num_domains(lie: int) -> Callable[[str, bytes], bytes]:
+    """A tamper that makes Xen's getdomaininfolist answer claim ``lie`` more domains than it wrote."""
+
+    def tamper(subop: str, data: bytes) -> bytes:
         if subop == "getdomaininfolist" and len(data) < 100:  # the sysctl record, not an entry
-            return data[:16] + (10_000).to_bytes(4, "little") + data[20:]
+            n = int.from_bytes(data[16:20], "little")
+            return data[:16] + (n + lie).to_bytes(4, "little") + data[20:]
         return data
 
-    sim_xen.tamper = lie
-    with pytest.raises(ProtocolError, match="10000 domains"):
-        sim_host.domains()
+    return tamper
+
+
+def test_oversized_domain_list_is_a_protocol_error(sim_xen: SimXen) -> None:
+    kernel = SimKernel(sim_xen)
+    with _leaves_nothing_open(kernel), xenpure.connect(kernel=kernel) as host:
+        sim_xen.tamper = _num_domains(10_000 - 1)
+        with pytest.raises(ProtocolError, match="10000 domains"):
+            host.domains()
+        sim_xen.tamper = None
+        assert [d.id for d in host.domains()] == [0]
+
+
+def test_truncated_domain_list_is_a_protocol_error(sim_xen: SimXen) -> None:
+    """Xen's answer counts one more record than its buffer holds: the record that is not there reads as
+    zeroes (domid 0 again), and the decoder refuses it rather than invent a domain."""
+    guest = sim_xen.add_domain()
+    kernel = SimKernel(sim_xen)
+    with _leaves_nothing_open(kernel), xenpure.connect(kernel=kernel) as host:
+        sim_xen.tamper = _num_domains(1)
+        with pytest.raises(ProtocolError, match="out of order"):
+            host.domains()
+        sim_xen.tamper = None
+        assert [d.id for d in host.domains()] == [0, guest.domid]
 
 
 def test_answer_for_another_domain_is_refused(sim_host: xenpure.Host, sim_xen: SimXen) -> None:
@@ -194,21 +304,24 @@ def test_answer_for_another_domain_is_refused(sim_host: xenpure.Host, sim_xen: S
         sim_host.domain(guest.domid).info()
 
 
-def test_oversized_console_count_is_a_protocol_error(sim_host: xenpure.Host, sim_xen: SimXen) -> None:
-    sim_xen.tamper = lambda subop, data: data[:16] + (1 << 20).to_bytes(4, "little") + data[20:]
-    with pytest.raises(ProtocolError, match="readconsole"):
-        sim_host.dmesg()
+@pytest.mark.parametrize("chunk", [1024, 65536])  # in the scratch buffer; in a buffer of its own
+def test_oversized_console_count_is_a_protocol_error(sim_xen: SimXen, chunk: int) -> None:
+    kernel = SimKernel(sim_xen)
+    with _leaves_nothing_open(kernel), xenpure.connect(kernel=kernel) as host:
+        sim_xen.tamper = lambda subop, data: data[:16] + (1 << 20).to_bytes(4, "little") + data[20:]
+        with pytest.raises(ProtocolError, match=f"readconsole reported 1048576 bytes for a {chunk}-byte"):
+            host.dmesg(chunk=chunk)
+        assert kernel.live_mappings == 1  # the scratch buffer only: a buffer of its own was unmapped
+        sim_xen.tamper = None
+        assert host.dmesg(chunk=chunk) == sim_xen.console.decode()
 
 
 def test_nothing_leaks(sim_xen: SimXen) -> None:
-    before = _open_fds()
     kernel = SimKernel(sim_xen)
-    for _ in range(20):
-        with xenpure.connect(kernel=kernel) as host:
-            host.domains()
-            host.physinfo()
-            with pytest.raises(NoSuchDomain):
-                host.domain(77)
-    assert kernel.live_mappings == 0
-    assert not kernel.open_devices
-    assert _open_fds() == before
+    with _leaves_nothing_open(kernel):
+        for _ in range(20):
+            with xenpure.connect(kernel=kernel) as host:
+                host.domains()
+                host.physinfo()
+                with pytest.raises(NoSuchDomain):
+                    host.domain(77)
