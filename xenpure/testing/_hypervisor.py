@@ -87,6 +87,7 @@ class SimDomain:
     address_size: int = 64
     flags: int = 0
     blocked: bool = True
+    destroy_calls: int = 0
 
     @property
     def paused(self) -> bool:
@@ -135,6 +136,9 @@ class SimXen:
         #: ``hook(event, domain)`` for "shutdown" and "destroyed": the models of other subsystems (event
         #: channels raise VIRQ_DOM_EXC, grant tables drop the domain's entries) follow domains from here.
         self.domain_hooks: list[Callable[[str, SimDomain], None]] = []
+        #: How many times XEN_DOMCTL_destroydomain answers EAGAIN ("still tearing down, call again") before
+        #: it completes, per domain; 0 (the default) completes at once. Toolstacks retry on EAGAIN.
+        self.destroy_preemptions = 0
         self._last_domid = 0
         dom0 = self.add_domain(0, memory_mib=1024, vcpus=nr_cpus)
         dom0.handle = uuid.UUID(int=0)  # dom0 is built by Xen itself, with a zero handle
@@ -367,6 +371,9 @@ class SimXen:
         if domid == 0:
             raise XenErrno(errno.EINVAL, "domain 0 cannot be destroyed")
         d.dying = True
+        d.destroy_calls += 1
+        if d.destroy_calls <= self.destroy_preemptions:
+            raise XenErrno(errno.EAGAIN, "the domain is still being torn down: call again")
         del self.domains[domid]
         self._domain_event("destroyed", d)
 
