@@ -10,7 +10,6 @@ import errno
 import logging
 import uuid as _uuid
 from collections.abc import Callable, Iterator
-from itertools import pairwise
 from typing import Any
 
 from ..errors import NoSuchDomain, ProtocolError
@@ -131,6 +130,7 @@ class Host:
     def domain_infos(self) -> list[DomainInfo]:
         """Every domain's info, fetched in batches with ``XEN_SYSCTL_getdomaininfolist`` (not per domid)."""
         lay = GETDOMAININFO.layout(self.interface)
+        size, parse, from_record = lay.size, lay.parse, DomainInfo.from_record
         out: list[DomainInfo] = []
         first = 0
         while first < DOMID_FIRST_RESERVED:
@@ -138,18 +138,21 @@ class Host:
             def request(addr: int, first: int = first) -> dict[str, int]:
                 return {"first_domain": first, "max_domains": _BATCH, "buffer": addr}
 
-            extra = _BATCH * lay.size
-            rec, tail = self._privcmd.sysctl(self.interface, SysctlCmd.getdomaininfolist, request, extra=extra)
-            n = int(rec.num_domains)
+            rec, tail = self._privcmd.sysctl(self.interface, SysctlCmd.getdomaininfolist, request, extra=_BATCH * size)
+            n = int(rec["num_domains"])
             if n > _BATCH:
                 raise ProtocolError(f"getdomaininfolist returned {n} domains for a buffer of {_BATCH}")
-            batch = [DomainInfo.from_record(lay.parse(tail[i * lay.size : (i + 1) * lay.size])) for i in range(n)]
-            if any(d.domid < first for d in batch) or any(a.domid >= b.domid for a, b in pairwise(batch)):
-                raise ProtocolError(f"getdomaininfolist returned domain ids out of order from {first}")
+            raw = memoryview(tail)
+            batch = [from_record(parse(raw[at : at + size])) for at in range(0, n * size, size)]
+            last = first - 1
+            for d in batch:  # ascending ids, none below first
+                if d.domid <= last:
+                    raise ProtocolError(f"getdomaininfolist returned domain ids out of order from {first}")
+                last = d.domid
             out.extend(batch)
             if n < _BATCH:
                 break
-            first = batch[-1].domid + 1
+            first = last + 1
         return out
 
     def domains(self) -> list[Domain]:

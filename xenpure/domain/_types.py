@@ -7,6 +7,7 @@ record becomes a result, and it keeps Xen's units visible in the field names (``
 from __future__ import annotations
 
 import enum
+import functools
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -84,6 +85,25 @@ class PhysInfo:
         return tuple(str(f.name).replace("gnttab_v", "gnttab-v") for f in PhysCap if f in self.capabilities)
 
 
+_SHUTDOWN_SHIFT = int(DomInfoShutdown.shutdownshift)
+_SHUTDOWN_MASK = int(DomInfoShutdown.shutdownmask)
+_FLAG_BITS = (1 << _SHUTDOWN_SHIFT) - 1
+
+
+@functools.lru_cache(maxsize=256)
+def _dominf_flags(bits: int) -> DomInfoFlag:
+    """``DomInfoFlag(bits)``, remembered: a host shows a handful of flag combinations, and building an
+    ``IntFlag`` costs more than the rest of a record's decoding."""
+    return DomInfoFlag(bits)
+
+
+@functools.lru_cache(maxsize=1024)
+def _uuid_of(handle: bytes) -> uuid.UUID:
+    """The UUID of a domain handle, remembered (``UUID`` is immutable): listings see the same domains again
+    and again."""
+    return uuid.UUID(bytes=handle)
+
+
 class DomainState(enum.Enum):
     """One word for a domain's state, most significant first (dying > crashed > shutdown > paused > ...).
 
@@ -120,21 +140,23 @@ class DomainInfo:
 
     @classmethod
     def from_record(cls, r: Any) -> DomainInfo:
-        raw = int(r.flags)
+        # Members by subscript: a decoded record is a dict, and construct's attribute access costs a Python
+        # call per member (this runs for every domain of every listing, and every event snapshot).
+        raw = int(r["flags"])
         return cls(
-            domid=r.domain,
-            flags=DomInfoFlag(raw & ((1 << DomInfoShutdown.shutdownshift) - 1)),
-            shutdown_code=(raw >> DomInfoShutdown.shutdownshift) & DomInfoShutdown.shutdownmask,
-            tot_pages=r.tot_pages,
-            max_pages=r.max_pages,
-            shared_info_frame=r.shared_info_frame,
-            cpu_time_ns=r.cpu_time,
-            online_vcpus=r.nr_online_vcpus,
-            max_vcpu_id=r.max_vcpu_id,
-            ssidref=r.ssidref,
-            uuid=uuid.UUID(bytes=bytes(r.handle)),
-            cpupool=r.cpupool,
-            gpaddr_bits=r.gpaddr_bits,
+            domid=r["domain"],
+            flags=_dominf_flags(raw & _FLAG_BITS),
+            shutdown_code=(raw >> _SHUTDOWN_SHIFT) & _SHUTDOWN_MASK,
+            tot_pages=r["tot_pages"],
+            max_pages=r["max_pages"],
+            shared_info_frame=r["shared_info_frame"],
+            cpu_time_ns=r["cpu_time"],
+            online_vcpus=r["nr_online_vcpus"],
+            max_vcpu_id=r["max_vcpu_id"],
+            ssidref=r["ssidref"],
+            uuid=_uuid_of(bytes(r["handle"])),
+            cpupool=r["cpupool"],
+            gpaddr_bits=r["gpaddr_bits"],
         )
 
     # -- flags ------------------------------------------------------------------------------------------

@@ -227,7 +227,7 @@ class Layout:
         merged = dict(values or {}, **kw)
         for k in _CONSTRUCT_KEYS & merged.keys():
             del merged[k]  # construct's bookkeeping in a parsed Container
-        unknown = set(merged) - set(self.offsets)
+        unknown = merged.keys() - self._names
         if unknown:
             raise TypeError(f"struct {self.cname} has no member(s) {sorted(unknown)}")
         if not merged:
@@ -252,6 +252,10 @@ class Layout:
         return self._codec.parse(bytes(data[: self.size]))
 
     @functools.cached_property
+    def _names(self) -> frozenset[str]:
+        return frozenset(self.offsets)
+
+    @functools.cached_property
     def _flat(self) -> _Flat | None:
         # The same layout as a ``struct`` format: an order of magnitude cheaper than construct per call.
         # Union members become opaque bytes, so records with unions use it only to build their other members.
@@ -265,10 +269,18 @@ class Layout:
 
     def offsetof(self, path: str) -> int:
         """``offsetof(struct cname, path)`` for a dotted member path."""
+        try:
+            return self._paths[path]
+        except KeyError:
+            raise KeyError(f"struct {self.cname} has no member {path!r}") from None
+
+    @functools.cached_property
+    def _paths(self) -> dict[str, int]:
+        # Every dotted path's offset, walked once: offsetof() is on the per-hypercall path (the union's place).
+        paths: dict[str, int] = {}
         for m in self.members():
-            if m.path == path:
-                return m.offset
-        raise KeyError(f"struct {self.cname} has no member {path!r}")
+            paths.setdefault(m.path, m.offset)
+        return paths
 
     def members(self) -> Iterator[Member]:
         """Every member, depth first, with dotted paths for nested records and union members."""
@@ -417,6 +429,11 @@ _CODES = {
 }
 
 
+#: One step of ``_Flat``'s parse plan: (member, index into the unpacked values, end index of a scalar array
+#: or 0, the nested record's plan or None).
+_Step = tuple[str, int, int, "list[_Step] | None"]
+
+
 class _Flat:
     """A layout as one ``struct.Struct``: scalars, byte arrays (``bytes``), scalar arrays (lists) and nested
     records (Containers), with padding as ``x``. Unions are opaque byte strings here."""
@@ -424,6 +441,7 @@ class _Flat:
     def __init__(self, fmt: str, shape: list[tuple[str, Any]], union_members: frozenset[str]) -> None:
         self.codec = struct.Struct(fmt)
         self.shape = shape
+        self._plan = _Flat._plan_of(shape, 0)[0]
         #: Top-level members that are, or contain, a union: values for them are left to construct.
         self.union_members = union_members
 
@@ -480,19 +498,35 @@ class _Flat:
             raise AssertionError(f"struct {lay.cname}: flat format is {flat.codec.size} bytes, not {lay.size}")
         return flat
 
-    def parse(self, data: bytes | bytearray | memoryview) -> cs.Container:
-        values = iter(self.codec.unpack_from(data))
-        return self._rebuild(self.shape, values)
-
-    def _rebuild(self, shape: list[tuple[str, Any]], values: Iterator[Any]) -> cs.Container:
-        out = cs.Container()
+    @staticmethod
+    def _plan_of(shape: list[tuple[str, Any]], at: int) -> tuple[list[_Step], int]:
+        """``shape`` as steps over the unpacked tuple: (name, index, end of a scalar array or 0, the nested
+        record's steps or None), and the index after it."""
+        plan: list[_Step] = []
         for name, kind in shape:
             if kind is None or kind[0] == "s":
-                out[name] = next(values)
+                plan.append((name, at, 0, None))
+                at += 1
             elif kind[0] == "a":
-                out[name] = cs.ListContainer(next(values) for _ in range(kind[1]))
+                plan.append((name, at, at + kind[1], None))
+                at += kind[1]
             else:
-                out[name] = self._rebuild(kind, values)
+                sub, at = _Flat._plan_of(kind, at)
+                plan.append((name, at, 0, sub))
+        return plan, at
+
+    def parse(self, data: bytes | bytearray | memoryview) -> cs.Container:
+        return self._rebuild(self._plan, self.codec.unpack_from(data))
+
+    def _rebuild(self, plan: list[_Step], values: tuple[Any, ...]) -> cs.Container:
+        out = cs.Container()
+        for name, at, end, sub in plan:
+            if sub is not None:
+                out[name] = self._rebuild(sub, values)
+            elif end:
+                out[name] = cs.ListContainer(values[at:end])
+            else:
+                out[name] = values[at]
         return out
 
     def build(self, values: Mapping[str, Any]) -> bytes:

@@ -11,7 +11,9 @@ writes the buffer in place, and the ioctl returns the hypercall's non-negative r
 
 from __future__ import annotations
 
+import functools
 import logging
+import struct
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -31,9 +33,22 @@ __all__ = ["Privcmd"]
 log = logging.getLogger("xenpure.hypercall")
 
 _HYPERCALL = PRIVCMD_HYPERCALL.layout()
+#: ``struct privcmd_hypercall`` {op, arg[5]} as one ``struct`` (every call builds one), checked against the
+#: declaration here, once.
+_HYPERCALL_CODEC = struct.Struct("<6Q")
+if _HYPERCALL_CODEC.pack(1, 2, 3, 4, 5, 6) != _HYPERCALL.build(op=1, arg=[2, 3, 4, 5, 6]):
+    raise AssertionError("struct privcmd_hypercall is no longer {u64 op; u64 arg[5]}")
 #: A union member's fields, or a function of the address of the caller's scratch area that returns them.
 Payload = Mapping[str, Any] | Callable[[int], Mapping[str, Any]] | None
+#: The scratch buffer kept between calls starts at one page and grows (whole pages) to the largest request
+#: up to ``_SCRATCH_MAX`` seen so far: a getdomaininfolist batch of 64 records (about 7 KiB) then reuses it
+#: instead of mapping and unmapping /dev/xen/hypercall pages on every call. Larger requests get their own.
 _SCRATCH = 4096
+_SCRATCH_MAX = 16384
+_NO_ARGS = (0,) * 5
+_IOCTL_HYPERCALL = IOCTL_PRIVCMD_HYPERCALL.request
+#: Zeroes to clear the scratch buffer with, without allocating them per call.
+_ZEROES = memoryview(bytes(_SCRATCH_MAX))
 
 
 class Privcmd:
@@ -48,6 +63,7 @@ class Privcmd:
         self.device: Device = kernel.open("privcmd")
         self._lock = threading.Lock()
         self._scratch: HypercallBuffer | None = None
+        self._scratch_size = 0
 
     # -- raw --------------------------------------------------------------------------------------------
 
@@ -58,25 +74,31 @@ class Privcmd:
         """
         if len(args) > 5:
             raise ValueError("a hypercall takes at most five arguments")
-        arg = bytearray(_HYPERCALL.build(op=int(op), arg=list(args) + [0] * (5 - len(args))))
+        arg = bytearray(_HYPERCALL_CODEC.pack(int(op), *args, *_NO_ARGS[len(args) :]))
         try:
-            ret = self.device.ioctl(IOCTL_PRIVCMD_HYPERCALL.request, arg)
+            ret = self.device.ioctl(_IOCTL_HYPERCALL, arg)
         except OSError as e:
             if e.errno is None:
                 raise
             log.debug("hypercall %s/%s -> %s", op.name, subop, e.strerror)
             raise HypercallError.from_errno(e.errno, op.name, subop) from None
-        log.debug("hypercall %s/%s -> %d", op.name, subop, ret)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("hypercall %s/%s -> %d", op.name, subop, ret)
         return ret
 
     @contextmanager
     def buffer(self, size: int) -> Iterator[HypercallBuffer]:
         """A zeroed hypercall-safe buffer of at least ``size`` bytes for the duration of one call."""
         with self._lock:
-            if size <= _SCRATCH:
-                if self._scratch is None:
-                    self._scratch = self.kernel.alloc_buffer(_SCRATCH)
-                self._scratch.view[:size] = bytes(size)
+            if size <= _SCRATCH_MAX:
+                if self._scratch is None or size > self._scratch_size:
+                    grown = max(_SCRATCH, -(-size // _SCRATCH) * _SCRATCH)
+                    if self._scratch is not None:
+                        self._scratch.close()
+                        self._scratch = None
+                    self._scratch = self.kernel.alloc_buffer(grown)
+                    self._scratch_size = grown
+                self._scratch.view[:size] = _ZEROES[:size]
                 yield self._scratch
                 return
             buf = self.kernel.alloc_buffer(size)
@@ -143,8 +165,7 @@ class Privcmd:
         extra: int,
     ) -> tuple[Any, Any, bytes]:
         """Encode header + union member into one buffer (plus ``extra`` scratch), call, decode."""
-        u_off = lay.offsetof("u")
-        mlay = member.layout(lay.iface) if member is not None else None
+        u_off, mlay = _union_of(lay, member)
         if mlay is None and payload:
             raise TypeError(f"{op.name}/{subop} takes no payload")
         with self.buffer(lay.size + extra) as buf:
@@ -176,6 +197,12 @@ class Privcmd:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@functools.cache
+def _union_of(lay: Layout, member: Decl | None) -> tuple[int, Layout | None]:
+    """Where a domctl/sysctl record's union ``u`` starts, and the layout of its member ``member``."""
+    return lay.offsetof("u"), (member.layout(lay.iface) if member is not None else None)
 
 
 class _Header:
