@@ -147,3 +147,33 @@ def test_events_leave_nothing_open(sim_host: xenpure.Host, sim_xen: SimXen) -> N
         with sim_host.events(timeout=0):
             pass
     assert (len(kernel.open_devices), sim_xen.xenstored.connections) == before  # type: ignore[attr-defined]
+
+
+def test_a_dying_domain_is_snapshotted_often_until_it_is_gone(
+    sim_host: xenpure.Host, sim_xen: SimXen, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As on real Xen: VIRQ_DOM_EXC (and @releaseDomain) come when the domain is killed, but it stays listed,
+    # dying, until dom0 drops its last reference, and nothing announces that.
+    from xenpure.domain import _events
+
+    dom = sim_xen.add_guest("web")
+    with sim_host.events(timeout=5, interval=1.0) as stream:
+        assert not stream.monitor.settling
+        dom.dying = True
+        assert stream.poll_once() == []  # dying is not destroyed
+        assert stream.monitor.settling
+        assert stream._wait_time() == pytest.approx(_events.SETTLE_INTERVAL, abs=0.005)
+        with sim_xen.lock:
+            del sim_xen.domains[dom.domid]  # the last reference goes, silently
+        ev = next(stream)
+        assert (ev.kind, ev.domid) == (EventKind.DESTROYED, dom.domid)
+        assert not stream.monitor.settling
+        assert stream._wait_time() == pytest.approx(1.0, abs=0.05)
+
+    zombie = sim_xen.add_guest("zombie")
+    monkeypatch.setattr(_events, "SETTLE_LIMIT", 0.0)
+    with sim_host.events(timeout=5, interval=1.0) as stream:
+        zombie.dying = True
+        assert stream.poll_once() == []
+        assert not stream.monitor.settling  # dying for longer than SETTLE_LIMIT: the ordinary interval
+        assert stream._wait_time() == pytest.approx(1.0, abs=0.05)

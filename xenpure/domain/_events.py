@@ -12,6 +12,11 @@ What wakes the monitor:
   introduced to it and when one shuts down or dies (it listens to VIRQ_DOM_EXC itself).
 * a timer (``interval``): Xen sends no notification when a controller pauses or unpauses a domain, so those
   transitions are seen by the next periodic snapshot. A pause undone within one interval is not reported.
+* a shorter timer while a domain is dying: VIRQ_DOM_EXC (and so @releaseDomain) comes when Xen has killed a
+  domain, but the domain stays listed, dying, until the last reference to it goes (dom0's daemons unmapping
+  its pages), and nothing announces that. DESTROYED needs it gone, so for up to ``SETTLE_LIMIT`` seconds
+  after a domain is first seen dying, snapshots come every ``SETTLE_INTERVAL`` (when that is shorter than
+  ``interval``); a domain that stays dying longer (a zombie) is left to the ordinary timer.
 
 Pause and unpause are reported only while a domain is alive (not shut down or dying): a toolstack pauses a
 shut-down domain as it tears it down.
@@ -51,6 +56,10 @@ log = logging.getLogger("xenpure.domain")
 
 #: Seconds between snapshots when nothing wakes the monitor earlier.
 DEFAULT_INTERVAL = 0.1
+#: Seconds between snapshots while a domain is dying but still listed (see the module docstring)...
+SETTLE_INTERVAL = 0.01
+#: ...for at most this many seconds after it was first seen dying.
+SETTLE_LIMIT = 2.0
 
 
 class EventKind(enum.Enum):
@@ -119,6 +128,8 @@ class Monitor:
     def __init__(self, host: Host) -> None:
         self.host = host
         self._born: set[tuple[int, _uuid.UUID]] = set()
+        #: Born domains seen dying (still listed), with when they were first seen so.
+        self._dying: dict[tuple[int, _uuid.UUID], float] = {}
         self._snapshot = self._take()
         self._evt: Any = None
         self._virq: Any = None
@@ -155,6 +166,15 @@ class Monitor:
         self._virq = self._evt = self._xs = None
 
     @property
+    def settling(self) -> bool:
+        """Whether a domain of the last snapshot is dying, first seen so less than ``SETTLE_LIMIT`` s ago: its
+        disappearance (DESTROYED) comes with no notification, so it is worth looking again soon."""
+        if not self._dying:
+            return False
+        now = time.monotonic()
+        return any(now - since < SETTLE_LIMIT for since in self._dying.values())
+
+    @property
     def uses_virq(self) -> bool:
         """Whether VIRQ_DOM_EXC is bound (False when another listener, e.g. xenstored, holds it)."""
         return self._virq is not None
@@ -185,6 +205,10 @@ class Monitor:
                 self._born.add(key)
                 snap[i.domid] = i
         self._born &= {(i.domid, i.uuid) for i in infos}  # forget the dead
+        dying = {(i.domid, i.uuid) for i in snap.values() if i.dying}
+        if dying or self._dying:
+            now = time.monotonic()
+            self._dying = {key: self._dying.get(key, now) for key in dying}
         return snap
 
     def poll(self) -> list[DomainEvent]:
@@ -223,7 +247,8 @@ class EventStream:
         left = self._left()
         if left is not None and left <= 0:
             return None
-        return self._interval if left is None else min(self._interval, left)
+        interval = min(self._interval, SETTLE_INTERVAL) if self._mon.settling else self._interval
+        return interval if left is None else min(interval, left)
 
     # -- sync -------------------------------------------------------------------------------------------
     def __iter__(self) -> EventStream:
