@@ -83,6 +83,25 @@ def test_unknown_interface_names_the_known_versions() -> None:
     assert ei.value.what == "domctl"
 
 
+def test_a_host_that_fails_to_connect_closes_its_kernel() -> None:
+    """``Host`` owns the kernel it is given (``close`` closes it), so a failed probe closes it too: the Linux
+    kernel holds /dev/xen/hypercall open from its first buffer until it is closed."""
+
+    class Kernel(SimKernel):
+        closed = 0
+
+        def close(self) -> None:
+            self.closed += 1
+            super().close()
+
+    xen = SimXen("4.17")
+    xen.iface = Iface(0x99, 0x15)
+    kernel = Kernel(xen)
+    with pytest.raises(UnsupportedInterface):
+        xenpure.Host(kernel)
+    assert kernel.closed == 1
+
+
 def test_domains_and_info(sim_host: xenpure.Host, sim_xen: SimXen) -> None:
     guest = sim_xen.add_domain(memory_mib=64, vcpus=2)
     doms = sim_host.domains()

@@ -54,8 +54,9 @@ class Host:
             self._major, self._minor = xen_version_numbers(self._privcmd)
             #: The domctl/sysctl interface versions this hypervisor speaks.
             self.interface: Iface = probe_interface(self._privcmd, self._major, self._minor)
-        except BaseException:
+        except BaseException:  # the Host owns the kernel (close() closes it): a failed one leaves nothing open
             self._privcmd.close()
+            self.kernel.close()
             raise
 
     # -- lifetime ---------------------------------------------------------------------------------------
