@@ -177,3 +177,14 @@ def test_a_dying_domain_is_snapshotted_often_until_it_is_gone(
         assert stream.poll_once() == []
         assert not stream.monitor.settling  # dying for longer than SETTLE_LIMIT: the ordinary interval
         assert stream._wait_time() == pytest.approx(1.0, abs=0.05)
+
+
+def test_info_carries_the_name_xenstore_gives_the_domain(sim_host: xenpure.Host, sim_xen: SimXen) -> None:
+    g = sim_xen.add_guest("web")
+    assert sim_host.domain("web").info().name == "web"
+    assert sim_host.domain(0).info().name == "Domain-0"
+    bare = sim_xen.add_domain()  # built by "another toolstack" that wrote nothing in xenstore
+    assert sim_host.domain(bare.domid).info().name is None
+    listed = {i.domid: i for i in sim_host.domain_infos()}
+    assert listed[g.domid].name is None  # a batch listing asks xenstore nothing
+    assert listed[g.domid] == sim_host.domain(g.domid)._info()

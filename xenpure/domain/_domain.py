@@ -16,6 +16,7 @@ The verbs, with libvirt's names where they differ:
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import time
@@ -71,10 +72,15 @@ class Domain:
 
     # -- inspect ----------------------------------------------------------------------------------------
     def info(self) -> DomainInfo:
-        """State, memory, vcpus, cpu time, shutdown reason and uuid (``XEN_DOMCTL_getdomaininfo``).
+        """State, memory, vcpus, cpu time, shutdown reason and uuid (``XEN_DOMCTL_getdomaininfo``), and the
+        name xenstore gives it (``/local/domain/<id>/name``, ``None`` if it has none).
 
         Raises ``NoSuchDomain`` if the domain does not exist.
         """
+        return dataclasses.replace(self._info(), name=self.name)
+
+    def _info(self) -> DomainInfo:
+        """``info()`` without the name: the hypercall alone, for the loops that poll a domain's state."""
         _, rec, _ = self.host._domctl(DomctlCmd.getdomaininfo, self.id)
         info = DomainInfo.from_record(rec)
         if info.domid != self.id:
@@ -85,14 +91,14 @@ class Domain:
     def exists(self) -> bool:
         """Whether Xen still knows the domain (a dying domain still exists)."""
         try:
-            self.info()
+            self._info()
         except NoSuchDomain:
             return False
         return True
 
     def vcpus(self) -> list[VcpuInfo]:
         """Per-vcpu state (``XEN_DOMCTL_getvcpuinfo`` for vcpu 0..max_vcpu_id)."""
-        info = self.info()
+        info = self._info()
         if info.max_vcpu_id == 0xFFFFFFFF:  # XEN_INVALID_MAX_VCPU_ID: no vcpus yet
             return []
         out = []
@@ -151,7 +157,7 @@ class Domain:
         was destroyed meanwhile (e.g. by xl's on_poweroff=destroy). Raises ``Timeout`` with the domain's
         state if the guest ignores the request for ``timeout`` seconds.
         """
-        info = self.info()
+        info = self._info()
         word = _CONTROL_WORDS.get(reason)
         if word is not None and not info.hvm and self._advertises(f"feature-{word}"):
             log.debug("domain %d: writing control/shutdown=%s", self.id, word)
@@ -196,7 +202,7 @@ class Domain:
             watcher.watch("@releaseDomain", token)
             while True:
                 try:
-                    info: DomainInfo | None = self.info()
+                    info: DomainInfo | None = self._info()
                 except NoSuchDomain:
                     info = None
                 if done(info):
@@ -278,7 +284,7 @@ class Domain:
         The guest adjusts at its own pace; ``info().memory_kib`` shows progress. Raises ``ValueError`` above
         the domain's maximum (``set_max_memory`` first).
         """
-        info = self.info()
+        info = self._info()
         if kib <= 0 or kib > info.max_memory_kib:
             raise ValueError(f"target {kib} KiB is outside 1..{info.max_memory_kib} KiB (the domain's maximum)")
         self.host.xenstore.write(f"{self.path}/memory/target", str(kib))

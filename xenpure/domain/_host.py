@@ -170,7 +170,7 @@ class Host:
         """
         if isinstance(key, int):
             d = Domain(self, key)
-            d.info()  # ESRCH -> NoSuchDomain
+            d._info()  # ESRCH -> NoSuchDomain
             return d
         if isinstance(key, _uuid.UUID):
             for info in self.domain_infos():

@@ -132,7 +132,7 @@ class Supervisor:
         self.max_restarts = max_restarts
         self.restart_window = restart_window
         self.applied: list[Applied] = []
-        self._uuid = self.domain.info().uuid  # NoSuchDomain if it is already gone
+        self._uuid = self.domain._info().uuid  # NoSuchDomain if it is already gone
         self._restarts: list[float] = []
 
     @property
@@ -157,7 +157,7 @@ class Supervisor:
     def check(self) -> Outcome | None:
         """Look at the followed domain once and act if it has shut down; None while there is more to follow."""
         try:
-            info = self.domain.info()
+            info = self.domain._info()
         except NoSuchDomain:
             log.info("supervisor of %s: domain %d is gone", self.config.name, self.domid)
             return Outcome.GONE

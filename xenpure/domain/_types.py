@@ -137,6 +137,9 @@ class DomainInfo:
     uuid: uuid.UUID
     cpupool: int
     gpaddr_bits: int
+    #: xenstore ``/local/domain/<id>/name``: filled by ``Domain.info()``; ``None`` in batch listings
+    #: (``Host.domain_infos``, event snapshots), which ask xenstore nothing, and for a domain without one.
+    name: str | None = None
 
     @classmethod
     def from_record(cls, r: Any) -> DomainInfo:
