@@ -27,6 +27,7 @@ from ._client import (
     check_reset_watches,
     check_watch_depth,
     open_device,
+    send_gathered,
 )
 from ._client_core import ClientCore, Closed, ErrorReply, Reply, WatchEvent
 from ._wire import (
@@ -53,7 +54,6 @@ from ._wire import (
     TransactionEnd,
     TransactionStart,
     Unwatch,
-    Watch,
     Write,
 )
 
@@ -197,9 +197,7 @@ class _GatherRun:
 
     def _send(self, request: Request[Any], tx_id: int) -> None:
         client = self._client
-        if isinstance(request, Watch):
-            check_watch_depth(client.device, request.path, request.depth)
-        data = client._core.send(request, tx_id=tx_id)
+        data = send_gathered(client.device, client._core, request, tx_id)
         if data:
             self._out.append(data)
         client._waiters[id(request)] = self

@@ -77,6 +77,7 @@ __all__ = [
     "check_reset_watches",
     "check_watch_depth",
     "is_xenbus",
+    "send_gathered",
     "socket_candidates",
 ]
 
@@ -174,6 +175,14 @@ def check_watch_depth(device: Device, path: str, depth: int | None) -> None:
             f"{device.path} drops a watch's depth (the kernel registers the watch itself): watch without a "
             "depth, or over xenstored's socket; not sent",
         )
+
+
+def send_gathered(device: Device, core: ClientCore, request: Request[Any], tx_id: int) -> bytes:
+    """The bytes for one request of a ``gather`` on ``device``, after the checks its own method makes first
+    (a WATCH's depth on the xenbus device); raises what the method would, and sends nothing then."""
+    if isinstance(request, Watch):
+        check_watch_depth(device, request.path, request.depth)
+    return core.send(request, tx_id=tx_id)
 
 
 def open_device(kernel: Kernel, path: str | None = None) -> Device:
@@ -492,9 +501,7 @@ class Client(_NodeOps):
         core, events, out = self._core, self._events, list[bytes]()
 
         def send(request: Request[Any], tx: int) -> None:
-            if isinstance(request, Watch):
-                check_watch_depth(self.device, request.path, request.depth)
-            data = core.send(request, tx_id=tx)
+            data = send_gathered(self.device, core, request, tx)
             if data:
                 out.append(data)
 
