@@ -29,7 +29,7 @@ from ._client import (
     open_device,
     send_gathered,
 )
-from ._client_core import ClientCore, Closed, ErrorReply, Reply, WatchEvent
+from ._client_core import ClientCore, ErrorReply, Reply, WatchEvent
 from ._wire import (
     Control,
     GetDomainPath,
@@ -185,26 +185,36 @@ class _GatherRun:
     """One ``gather`` on an ``AsyncClient``: the ``_ops.Gather`` driver, and one future for the whole batch.
 
     It stands in the client's table of waiters for each of its outstanding requests (``done``,
-    ``set_result`` and ``set_exception``, as a future would), so the reader hands it each reply; it then
-    sends what the batch asks next, and resolves its future when the last reply is in.
+    ``set_result`` and ``set_exception``, as a future would), so the reader hands it each reply. Once the
+    reader has handed out everything one read brought, it calls ``flush``: the batch then sends what it asks
+    next, in one write, and resolves its future when the last reply is in.
     """
 
     def __init__(self, client: AsyncClient, requests: list[Request[Any]], tx_id: int, window: int) -> None:
         self._client = client
         self._out: list[bytes] = []
+        self._dirty = False  # replies came since the last flush
         self.future: asyncio.Future[None] = client._loop.create_future()
         self.gather = _ops.Gather(requests, self._send, tx_id=tx_id, window=window)
 
-    def _send(self, request: Request[Any], tx_id: int) -> None:
+    def _send(self, request: Request[Any], tx_id: int) -> int:
         client = self._client
-        data = send_gathered(client.device, client._core, request, tx_id)
+        req_id, data = send_gathered(client.device, client._core, request, tx_id)
         if data:
             self._out.append(data)
-        client._waiters[id(request)] = self
+        client._waiters[req_id] = self
+        return req_id
 
     def start(self) -> None:
         self.gather.fill()
         self._flush()
+
+    def flush(self) -> None:
+        """After a read's replies are in: start what the window has room for, and write it in one go."""
+        self._dirty = False
+        if not self.future.done():
+            self.gather.fill()
+            self._flush()
 
     def _flush(self) -> None:
         if self._out:
@@ -220,9 +230,10 @@ class _GatherRun:
         return self.future.done()
 
     def set_result(self, event: Reply[Any] | ErrorReply) -> None:
-        self.gather.reply(id(event.request), event)
-        self.gather.fill()
-        self._flush()
+        self.gather.reply(event.req_id, event)
+        if not self._dirty:
+            self._dirty = True
+            self._client._to_flush.append(self)
 
     def set_exception(self, exc: BaseException) -> None:
         if not self.future.done():
@@ -240,8 +251,10 @@ class AsyncClient(_AsyncNodeOps):
         self.timeout = timeout
         self._core = ClientCore(pipeline=can_pipeline(device) if pipeline is None else pipeline)
         self._loop = asyncio.get_running_loop()
-        # id(request) -> what waits for its reply: a call's future, or the _GatherRun of a gather
+        # req_id -> what waits for its reply: a call's future, or the _GatherRun of a gather
         self._waiters: dict[int, asyncio.Future[Reply[Any] | ErrorReply] | _GatherRun] = {}
+        self._to_flush: list[_GatherRun] = []  # gathers that took replies in this read
+        self._closers: set[asyncio.Future[Any]] = set()  # failed with the connection (watch event waits)
         self._watch_queue: asyncio.Queue[WatchEvent] = asyncio.Queue()
         self._failure: BaseException | None = None
         self._is_closed = False
@@ -262,16 +275,23 @@ class AsyncClient(_AsyncNodeOps):
                 data = self.device.read(_READ_SIZE)
             except BlockingIOError:
                 return  # woken for nothing: the loop calls us again when there is more
+            waiters = self._waiters
             for ev in self._core.receive(data):
-                if isinstance(ev, WatchEvent):
-                    self._watch_queue.put_nowait(ev)
-                elif isinstance(ev, Closed):
-                    self._fail(ConnectionClosed("xenstored closed the connection"))
-                else:
-                    fut = self._waiters.pop(id(ev.request), None)
+                if isinstance(ev, (Reply, ErrorReply)):
+                    fut = waiters.pop(ev.req_id, None)
                     if fut is not None and not fut.done():
                         fut.set_result(ev)
-            self._write(self._core.data_to_send())
+                elif isinstance(ev, WatchEvent):
+                    self._watch_queue.put_nowait(ev)
+                else:
+                    self._fail(ConnectionClosed("xenstored closed the connection"))
+            if self._to_flush:
+                runs = self._to_flush
+                self._to_flush = []
+                for run in runs:
+                    run.flush()
+            if not self._core.pipeline:
+                self._write(self._core.data_to_send())
         except (ProtocolError, OSError) as e:
             self._fail(e)
 
@@ -280,36 +300,37 @@ class AsyncClient(_AsyncNodeOps):
         if self._failure is None:
             self._failure = exc
         self._loop.remove_reader(self.device.fileno())
-        for fut in self._waiters.values():
+        for fut in [*self._waiters.values(), *self._closers]:
             if not fut.done():
                 fut.set_exception(exc)
         self._waiters.clear()
+        self._closers.clear()
 
     async def _roundtrip(self, request: Request[Any], tx_id: int, deadline: float | None) -> Reply[Any] | ErrorReply:
         if self._is_closed:
             raise ConnectionClosed("the client is closed")
         if self._failure is not None:
             raise self._failure
-        data = self._core.send(request, tx_id=tx_id)
+        req_id, data = self._core.send_request(request, tx_id)
         fut: asyncio.Future[Reply[Any] | ErrorReply] = self._loop.create_future()
-        self._waiters[id(request)] = fut
+        self._waiters[req_id] = fut
         try:
             self._write(data)
         except ConnectionClosed:
-            self._waiters.pop(id(request), None)
+            self._waiters.pop(req_id, None)
             raise
         remaining = None if deadline is None else max(0.0, deadline - self._loop.time())
         try:
             return await asyncio.wait_for(fut, remaining)
         except TimeoutError:
-            self._waiters.pop(id(request), None)
-            self._core.abandon(request)
+            self._waiters.pop(req_id, None)
+            self._core.abandon_id(req_id)
             raise Timeout(
                 f"no reply to {request.TYPE.name} from xenstored on {self.device.path} within the timeout"
             ) from None
         except asyncio.CancelledError:
-            self._waiters.pop(id(request), None)
-            self._core.abandon(request)
+            self._waiters.pop(req_id, None)
+            self._core.abandon_id(req_id)
             raise
 
     def _write(self, data: bytes) -> None:
@@ -346,10 +367,10 @@ class AsyncClient(_AsyncNodeOps):
         try:
             await asyncio.wait_for(run.future, t)
         except (TimeoutError, asyncio.CancelledError) as e:
-            unanswered = run.gather.outstanding
-            for r in unanswered:
-                self._waiters.pop(id(r), None)
-                self._core.abandon(r)
+            unanswered = run.gather.outstanding_keys
+            for k in unanswered:
+                self._waiters.pop(k, None)
+                self._core.abandon_id(k)
             run.gather.close()
             if isinstance(e, TimeoutError):
                 raise Timeout(
@@ -384,12 +405,12 @@ class AsyncClient(_AsyncNodeOps):
             raise self._failure
         t = self.timeout if timeout is None else timeout
         getter = asyncio.ensure_future(self._watch_queue.get())
-        closed = self._loop.create_future()
-        self._waiters[id(closed)] = closed  # failed with the connection
+        closed: asyncio.Future[Any] = self._loop.create_future()
+        self._closers.add(closed)  # failed with the connection
         try:
             done, _ = await asyncio.wait({getter, closed}, timeout=t, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            self._waiters.pop(id(closed), None)
+            self._closers.discard(closed)
             if not getter.done():
                 getter.cancel()
         if getter in done:

@@ -120,8 +120,11 @@ def _coarse_clock() -> tuple[Callable[[], float], float]:
 _now, _TICK = _coarse_clock()
 
 
-def _waited(request: Request[Any] | None) -> str:
-    return "watch event" if request is None else f"reply to {request.TYPE.name}"
+def _waited(request: Request[Any] | str | None) -> str:
+    """What a wait is for, in messages: ``None`` a watch event, else the reply to a request (or a type name)."""
+    if request is None:
+        return "watch event"
+    return f"reply to {request if isinstance(request, str) else request.TYPE.name}"
 
 
 def socket_candidates(path: str | None = None) -> list[str]:
@@ -177,12 +180,15 @@ def check_watch_depth(device: Device, path: str, depth: int | None) -> None:
         )
 
 
-def send_gathered(device: Device, core: ClientCore, request: Request[Any], tx_id: int) -> bytes:
-    """The bytes for one request of a ``gather`` on ``device``, after the checks its own method makes first
-    (a WATCH's depth on the xenbus device); raises what the method would, and sends nothing then."""
+def send_gathered(device: Device, core: ClientCore, request: Request[Any], tx_id: int) -> tuple[int, bytes]:
+    """``(req_id, bytes)`` for one request of a ``gather`` on ``device`` (``ClientCore.send_request``), after
+    the checks its own method makes first (a WATCH's depth on the xenbus device); raises what the method
+    would, and sends nothing then."""
+    if request.__class__ is Read:
+        return core.send_read(request.path, tx_id, request)
     if isinstance(request, Watch):
         check_watch_depth(device, request.path, request.depth)
-    return core.send(request, tx_id=tx_id)
+    return core.send_request(request, tx_id)
 
 
 def open_device(kernel: Kernel, path: str | None = None) -> Device:
@@ -254,6 +260,9 @@ class _NodeOps:
     def read(self, path: str, *, timeout: float | None = None) -> bytes:
         """The value at ``path`` (XS_READ). Raises ``NoEntry`` if there is no such node, ``PermissionDenied``
         if we may not read it."""
+        return self._read(path, timeout)
+
+    def _read(self, path: str, timeout: float | None) -> bytes:
         return self._call(Read(path), timeout)
 
     def write(self, path: str, value: bytes | str, *, timeout: float | None = None) -> None:
@@ -317,6 +326,11 @@ class Transaction(_NodeOps):
         t = self._timeout if timeout is None else timeout
         return self._client._gather_in(requests, self._tx_id, return_exceptions, t, window)
 
+    def _read(self, path: str, timeout: float | None) -> bytes:
+        if self._tx_id == 0 or self._done:
+            raise RuntimeError("the transaction is not active (use it inside `with client.transaction()`)")
+        return self._client._read_in(path, self._tx_id, self._timeout if timeout is None else timeout)
+
     def start(self) -> Transaction:
         if self._tx_id != 0:
             raise RuntimeError("the transaction has already started")
@@ -369,7 +383,8 @@ class Client(_NodeOps):
         self.timeout = timeout
         self._core = ClientCore(pipeline=can_pipeline(device) if pipeline is None else pipeline)
         self._read_within = timed_reader(device)
-        self._events: dict[int, Reply[Any] | ErrorReply] = {}
+        self._device_write = device.write
+        self._events: dict[int, Reply[Any] | ErrorReply] = {}  # req_id -> its reply, until its caller takes it
         self._watch_events: collections.deque[WatchEvent] = collections.deque()
         self._closed_event: Closed | None = None
         self._lock = threading.RLock()
@@ -392,8 +407,11 @@ class Client(_NodeOps):
         t = self.timeout if timeout is None else timeout
         return None if t is None else _now() + t
 
-    def _pump(self, deadline: float | None, waiting_for: Request[Any] | None) -> None:
-        """Wait for bytes (until ``deadline``), feed them to the core, and file the events it returns.
+    def _pump(
+        self, deadline: float | None, waiting_for: Request[Any] | str | None, g: _ops.Gather | None = None
+    ) -> None:
+        """Wait for bytes (until ``deadline``), feed them to the core, and file the events it returns (the
+        replies ``g`` waits for go straight to it).
 
         ``waiting_for`` is the request whose reply we wait for (``None``: a watch event), for messages.
         """
@@ -408,17 +426,21 @@ class Client(_NodeOps):
                     f"({self._core.outstanding} requests unanswered, {len(self._watch_events)} watch events queued)"
                 )
             return
-        self._file(self._core.receive(data))
+        self._file(self._core.receive(data), g)
 
-    def _file(self, events: list[Event]) -> None:
-        """Put each event where its taker looks: replies by request, watch events in their queue."""
+    def _file(self, events: list[Event], g: _ops.Gather | None = None) -> None:
+        """Put each event where its taker looks: replies by request id (or into ``g``, the batch being
+        gathered, if it waits for them), watch events in their queue."""
         for ev in events:
-            if isinstance(ev, WatchEvent):
+            if isinstance(ev, (Reply, ErrorReply)):
+                if g is not None and g.waits_for(ev.req_id):
+                    g.reply(ev.req_id, ev)
+                else:
+                    self._events[ev.req_id] = ev
+            elif isinstance(ev, WatchEvent):
                 self._watch_events.append(ev)
-            elif isinstance(ev, Closed):
-                self._closed_event = ev
             else:
-                self._events[id(ev.request)] = ev
+                self._closed_event = ev
         core = self._core
         if not core.pipeline:
             out = core.data_to_send()
@@ -440,22 +462,22 @@ class Client(_NodeOps):
     def _roundtrip(self, request: Request[Any], tx_id: int, deadline: float | None) -> Reply[Any] | ErrorReply:
         if self._is_closed:
             raise ConnectionClosed("the client is closed")
-        data = self._core.send(request, tx_id=tx_id)
+        req_id, data = self._core.send_request(request, tx_id)
         if data:
             self._write(data)
-        return self._reply_to(request, deadline)
+        return self._reply_to(req_id, request, deadline)
 
-    def _reply_to(self, request: Request[Any], deadline: float | None) -> Reply[Any] | ErrorReply:
-        """Pump until the reply to ``request`` (already sent) is in; on ``Timeout`` its reply is dropped."""
-        key = id(request)
+    def _reply_to(self, req_id: int, request: Request[Any] | str, deadline: float | None) -> Reply[Any] | ErrorReply:
+        """Pump until the reply to ``req_id`` (already sent; ``request`` names it in messages) is in; on
+        ``Timeout`` its reply is dropped."""
         events = self._events
         try:
-            while key not in events:
+            while req_id not in events:
                 self._pump(deadline, request)
         except Timeout:
-            self._core.abandon(request)
+            self._core.abandon_id(req_id)
             raise
-        return events.pop(key)
+        return events.pop(req_id)
 
     def _run(self, proc: _ops.Proc[T], timeout: float | None) -> T:
         deadline = self._deadline(timeout)
@@ -473,7 +495,7 @@ class Client(_NodeOps):
                 raise ConnectionClosed("the client is closed")
             core = self._core
             start = _now()
-            data = core.send(request)
+            req_id, data = core.send_request(request)
             if data:
                 self._write(data)
             if core.pipeline and self._closed_event is None:
@@ -482,13 +504,54 @@ class Client(_NodeOps):
                     events = core.receive(got)
                     if len(events) == 1:
                         ev = events[0]
-                        if ev.__class__ is Reply and ev.request is request:
+                        if ev.__class__ is Reply and ev.req_id == req_id:
                             result: T = ev.value
                             return result
                     self._file(events)
-            ev2 = self._reply_to(request, None if t is None else start + t)
+            ev2 = self._reply_to(req_id, request, None if t is None else start + t)
         value: T = _ops.value(ev2)
         return value
+
+    def read(self, path: str, *, timeout: float | None = None) -> bytes:
+        """The value at ``path`` (XS_READ). Raises ``NoEntry`` if there is no such node, ``PermissionDenied``
+        if we may not read it."""
+        return self._read_in(path, 0, timeout)
+
+    def _read_in(self, path: str, tx_id: int, timeout: float | None) -> bytes:
+        # The READ fast path, the call made most: the core packs the request with one precompiled struct and
+        # keeps only its id outstanding (ClientCore.send_read), and takes a reply that is exactly the answer
+        # from the read buffer (read_reply: the value, or the errno-named exception of an ERROR). Whatever
+        # else comes -- a watch event first, a partial reply -- goes through receive() and is filed as
+        # usual. Under the lab's emulation every object and line of Python a round trip touches costs
+        # (bench/README.md), so this path builds no request or reply object.
+        t = self.timeout if timeout is None else timeout
+        with self._lock:
+            if self._is_closed:
+                raise ConnectionClosed("the client is closed")
+            core = self._core
+            start = _now()
+            req_id, data = core.send_read(path, tx_id)
+            if data:
+                try:
+                    n = self._device_write(data)
+                except ConnectionClosed:
+                    raise  # the device said why (a ring's error indicator)
+                except (BrokenPipeError, ConnectionResetError) as e:
+                    raise ConnectionClosed(f"xenstored closed the connection on {self.device.path}") from e
+                if n < len(data):  # a short write: the rest
+                    self._write(data[n:])
+            if self._closed_event is None:
+                got = self._read_within(_READ_SIZE, t)  # the whole timeout: this is the first wait
+                if got is not None:
+                    value = core.read_reply(got, req_id)
+                    if value is not None:
+                        if not core.pipeline:
+                            self._file([])  # writes what the core released (xenbus: one request at a time)
+                        return value
+                    self._file(core.receive(got))
+            ev = self._reply_to(req_id, "READ", None if t is None else start + t)
+        result: bytes = _ops.value(ev)
+        return result
 
     def _gather(
         self, requests: list[Request[Any]], return_exceptions: bool, timeout: float | None, window: int
@@ -498,12 +561,13 @@ class Client(_NodeOps):
     def _gather_in(
         self, requests: list[Request[Any]], tx_id: int, return_exceptions: bool, timeout: float | None, window: int
     ) -> list[Any]:
-        core, events, out = self._core, self._events, list[bytes]()
+        core, device, out = self._core, self.device, list[bytes]()
 
-        def send(request: Request[Any], tx: int) -> None:
-            data = send_gathered(self.device, core, request, tx)
+        def send(request: Request[Any], tx: int) -> int:
+            req_id, data = send_gathered(device, core, request, tx)
             if data:
                 out.append(data)
+            return req_id
 
         g = _ops.Gather(requests, send, tx_id=tx_id, window=window)
         deadline = self._deadline(timeout)
@@ -517,13 +581,11 @@ class Client(_NodeOps):
                         data = b"".join(out)
                         out.clear()
                         self._write(data)
-                    self._pump(deadline, g.oldest)
-                    for key in [k for k in events if g.waits_for(k)]:
-                        g.reply(key, events.pop(key))
+                    self._pump(deadline, g.oldest, g)
                     g.fill()
             except BaseException:
-                for r in g.outstanding:
-                    core.abandon(r)
+                for k in g.outstanding_keys:
+                    core.abandon_id(k)
                 g.close()
                 raise
         return g.outcome(return_exceptions)

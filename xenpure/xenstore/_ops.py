@@ -8,7 +8,6 @@ logic of a call (DIRECTORY falling back to DIRECTORY_PART, what "unsupported" me
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Awaitable, Callable, Generator, Iterable
 from typing import Any, TypeVar
 
@@ -143,6 +142,8 @@ def directory(path: str, tx_id: int = 0) -> Proc[tuple[str, ...]]:
 
 
 _SINCE_4_21 = (GetFeature, SetFeature, GetQuota, SetQuota, ListQuotas)
+#: The request types ``for_request`` gives a procedure to; every other one is a plain call.
+_WITH_PROC = (Directory, Watch, *_SINCE_4_21, Control)
 
 
 def for_request(request: Request[Any], tx_id: int = 0) -> Proc[Any] | None:
@@ -162,18 +163,16 @@ def for_request(request: Request[Any], tx_id: int = 0) -> Proc[Any] | None:
 
 def gatherable(requests: Iterable[Request[Any]]) -> list[Request[Any]]:
     """``requests`` as ``Gather`` takes them: transaction boundaries and RESET_WATCHES refused
-    (``ValueError``: they change the connection's state, which has methods of its own), and an object
-    given twice copied (replies are matched to request objects)."""
-    out: list[Request[Any]] = []
-    seen: set[int] = set()
-    for r in requests:
-        if isinstance(r, (TransactionStart, TransactionEnd, ResetWatches)):
+    (``ValueError``: they change the connection's state, which has methods of its own). The same object
+    may be given twice: replies are matched by request id, not by object."""
+    out = list(requests)
+    for r in out:
+        if isinstance(r, _NOT_GATHERABLE):
             raise ValueError(f"{r.TYPE.name} cannot be gathered: use transaction() or reset_watches()")
-        if id(r) in seen:
-            r = copy.copy(r)
-        seen.add(id(r))
-        out.append(r)
     return out
+
+
+_NOT_GATHERABLE = (TransactionStart, TransactionEnd, ResetWatches)
 
 
 #: How many requests ``Gather`` keeps outstanding at once, unless told otherwise.
@@ -184,8 +183,9 @@ class Gather:
     """Many requests driven at once, pipelined on one connection; still no I/O.
 
     ``fill()`` starts requests (in order) while fewer than ``window`` are outstanding, handing each to
-    ``send(request, tx_id)`` (which queues its bytes); ``reply(key, event)`` files the reply to the request
-    with ``id(request) == key``, and sends what its procedure (``for_request``) asks next. A
+    ``send(request, tx_id)``, which queues its bytes and returns the request's key (its ``req_id``: replies
+    carry it); ``reply(key, event)`` files the reply to that request, and sends what its procedure
+    (``for_request``) asks next. A
     ``XenstoreError`` -- an error reply, or a request ``send`` refused locally (over a limit) -- ends that
     request only and is kept as its outcome.
 
@@ -199,7 +199,7 @@ class Gather:
     def __init__(
         self,
         requests: Iterable[Request[Any]],
-        send: Callable[[Request[Any], int], None],
+        send: Callable[[Request[Any], int], int],
         *,
         tx_id: int = 0,
         window: int = DEFAULT_WINDOW,
@@ -211,7 +211,7 @@ class Gather:
         self._tx_id = tx_id
         self._window = window
         self._started = 0
-        # id(request) -> (position, its procedure or None for a plain call, the request)
+        # key (req_id) -> (position, its procedure or None for a plain call, the request)
         self._waiting: dict[int, tuple[int, Proc[Any] | None, Request[Any]]] = {}
         self._results: list[Any] = [None] * len(self._requests)
         self._errors: dict[int, XenstoreError] = {}
@@ -228,12 +228,17 @@ class Gather:
         return [r for _, _, r in self._waiting.values()]
 
     @property
+    def outstanding_keys(self) -> list[int]:
+        """The keys (``send``'s answers) of the requests sent and not yet answered."""
+        return list(self._waiting)
+
+    @property
     def oldest(self) -> Request[Any] | None:
         """The first request still unanswered (for messages), or ``None``."""
         return next(iter(self._waiting.values()))[2] if self._waiting else None
 
     def waits_for(self, key: int) -> bool:
-        """Whether the request with ``id(request) == key`` is one of ours, awaiting its reply."""
+        """Whether the request ``send`` gave ``key`` is one of ours, awaiting its reply."""
         return key in self._waiting
 
     def fill(self) -> None:
@@ -243,14 +248,14 @@ class Gather:
             i = self._started
             self._started += 1
             request = self._requests[i]
-            proc = for_request(request, self._tx_id)
+            proc = for_request(request, self._tx_id) if isinstance(request, _WITH_PROC) else None
             if proc is None:
                 self._put(i, None, request, self._tx_id)
             else:
                 self._advance(i, proc, None)
 
     def reply(self, key: int, event: Reply[Any] | ErrorReply) -> None:
-        """The reply to the request with ``id(request) == key``."""
+        """The reply to the request ``send`` gave ``key``."""
         i, proc, _ = self._waiting.pop(key)
         if proc is not None:
             self._advance(i, proc, event)
@@ -278,13 +283,13 @@ class Gather:
 
     def _put(self, i: int, proc: Proc[Any] | None, request: Request[Any], tx_id: int) -> None:
         try:
-            self._send(request, tx_id)
+            key = self._send(request, tx_id)
         except XenstoreError as e:  # refused locally, never sent
             if proc is not None:
                 proc.close()
             self._fail(i, e)
             return
-        self._waiting[id(request)] = (i, proc, request)
+        self._waiting[key] = (i, proc, request)
 
     def close(self) -> None:
         """Give up (a timeout, a broken connection): close the procedures still running."""

@@ -77,6 +77,7 @@ __all__ = [
     "iter_messages",
     "parse_error",
     "parse_watch_event",
+    "read_packer",
 ]
 
 HEADER = struct.Struct("<IIII")
@@ -533,6 +534,28 @@ class Read(_PathOnly[bytes]):
 
     def reply_payload(self, value: bytes) -> bytes:
         return value
+
+
+#: Path -> (the ``pack`` of a READ message's precompiled struct, the payload length, the encoded path), for
+#: ``read_packer``. Bounded: cleared when it grows past ``_READ_PACKERS_MAX`` distinct paths.
+_READ_PACKERS: dict[str, tuple[Callable[..., bytes], int, bytes]] = {}
+_READ_PACKERS_MAX = 1024
+
+
+def read_packer(path: str) -> tuple[Callable[..., bytes], int, bytes]:
+    """What a READ of ``path`` is packed with, in one call: ``pack(XsType.READ, req_id, tx_id, n, b)``, where
+    ``(pack, n, b)`` is the result, gives header, path and its NUL (the struct's ``{n}s`` pads the NUL).
+
+    The path is checked first, as ``Read(path).encode`` would (``XenstoreInvalid``, and nothing sent), and
+    the answer kept for the next READ of the same path (the client's fast read path looks it up first).
+    """
+    b = check_path(path, XsType.READ)  # at most XENSTORE_ABS_PATH_MAX, so the payload fits in 4096
+    n = len(b) + 1
+    entry = (struct.Struct(f"<IIII{n}s").pack, n, b)
+    if len(_READ_PACKERS) >= _READ_PACKERS_MAX:
+        _READ_PACKERS.clear()
+    _READ_PACKERS[path] = entry
+    return entry
 
 
 @dataclass(frozen=True)
