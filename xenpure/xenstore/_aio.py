@@ -184,16 +184,17 @@ class AsyncTransaction(_AsyncNodeOps):
 class _GatherRun:
     """One ``gather`` on an ``AsyncClient``: the ``_ops.Gather`` driver, and one future for the whole batch.
 
-    It stands in the client's table of waiters for each of its outstanding requests (``done``,
-    ``set_result`` and ``set_exception``, as a future would), so the reader hands it each reply. Once the
-    reader has handed out everything one read brought, it calls ``flush``: the batch then sends what it asks
-    next, in one write, and resolves its future when the last reply is in.
+    The client's table of batches maps each of its outstanding requests to it, so the reader hands it each
+    reply (``take`` a READ value, ``set_result`` any other reply, ``set_exception`` a broken connection).
+    Once the reader has handed out everything one read brought, it calls ``flush``: the batch then sends
+    what it asks next, in one write, and resolves its future when the last reply is in.
     """
 
     def __init__(self, client: AsyncClient, requests: list[Request[Any]], tx_id: int, window: int) -> None:
         self._client = client
         self._out: list[bytes] = []
         self._dirty = False  # replies came since the last flush
+        self._values: dict[int, bytes] = {}  # READ values taken since the last flush
         self.future: asyncio.Future[None] = client._loop.create_future()
         self.gather = _ops.Gather(requests, self._send, tx_id=tx_id, window=window)
 
@@ -202,7 +203,7 @@ class _GatherRun:
         req_id, data = send_gathered(client.device, client._core, request, tx_id)
         if data:
             self._out.append(data)
-        client._waiters[req_id] = self
+        client._runs[req_id] = self
         return req_id
 
     def start(self) -> None:
@@ -212,6 +213,9 @@ class _GatherRun:
     def flush(self) -> None:
         """After a read's replies are in: start what the window has room for, and write it in one go."""
         self._dirty = False
+        if self._values:
+            values, self._values = self._values, {}
+            self.gather.replies(values)
         if not self.future.done():
             self.gather.fill()
             self._flush()
@@ -224,10 +228,17 @@ class _GatherRun:
         if self.gather.done and not self.future.done():
             self.future.set_result(None)
 
-    # -- what the reader calls, as on a future --
+    # -- what the reader calls --
 
     def done(self) -> bool:
         return self.future.done()
+
+    def take(self, req_id: int, value: bytes) -> None:
+        """The value of a READ of the batch (``ClientCore.receive``'s ``values``)."""
+        self._values[req_id] = value
+        if not self._dirty:
+            self._dirty = True
+            self._client._to_flush.append(self)
 
     def set_result(self, event: Reply[Any] | ErrorReply) -> None:
         self.gather.reply(event.req_id, event)
@@ -252,7 +263,8 @@ class AsyncClient(_AsyncNodeOps):
         self._core = ClientCore(pipeline=can_pipeline(device) if pipeline is None else pipeline)
         self._loop = asyncio.get_running_loop()
         # req_id -> what waits for its reply: a call's future, or the _GatherRun of a gather
-        self._waiters: dict[int, asyncio.Future[Reply[Any] | ErrorReply] | _GatherRun] = {}
+        self._waiters: dict[int, asyncio.Future[Reply[Any] | ErrorReply]] = {}
+        self._runs: dict[int, _GatherRun] = {}
         self._to_flush: list[_GatherRun] = []  # gathers that took replies in this read
         self._closers: set[asyncio.Future[Any]] = set()  # failed with the connection (watch event waits)
         self._watch_queue: asyncio.Queue[WatchEvent] = asyncio.Queue()
@@ -275,21 +287,30 @@ class AsyncClient(_AsyncNodeOps):
                 data = self.device.read(_READ_SIZE)
             except BlockingIOError:
                 return  # woken for nothing: the loop calls us again when there is more
-            waiters = self._waiters
-            for ev in self._core.receive(data):
+            waiters, runs = self._waiters, self._runs
+            if runs:
+                values: dict[int, bytes] = {}
+                events = self._core.receive(data, values, runs)  # the batches' READ values, and events
+                for req_id, value in values.items():
+                    runs.pop(req_id).take(req_id, value)
+            else:
+                events = self._core.receive(data)
+            for ev in events:
                 if isinstance(ev, (Reply, ErrorReply)):
                     fut = waiters.pop(ev.req_id, None)
-                    if fut is not None and not fut.done():
-                        fut.set_result(ev)
+                    if fut is not None:
+                        if not fut.done():
+                            fut.set_result(ev)
+                    elif (run := runs.pop(ev.req_id, None)) is not None and not run.done():
+                        run.set_result(ev)
                 elif isinstance(ev, WatchEvent):
                     self._watch_queue.put_nowait(ev)
                 else:
                     self._fail(ConnectionClosed("xenstored closed the connection"))
             if self._to_flush:
-                runs = self._to_flush
-                self._to_flush = []
-                for run in runs:
-                    run.flush()
+                touched, self._to_flush = self._to_flush, []
+                for each in touched:
+                    each.flush()
             if not self._core.pipeline:
                 self._write(self._core.data_to_send())
         except (ProtocolError, OSError) as e:
@@ -300,10 +321,12 @@ class AsyncClient(_AsyncNodeOps):
         if self._failure is None:
             self._failure = exc
         self._loop.remove_reader(self.device.fileno())
-        for fut in [*self._waiters.values(), *self._closers]:
+        waiting: list[asyncio.Future[Any] | _GatherRun] = [*self._waiters.values(), *self._runs.values()]
+        for fut in [*waiting, *self._closers]:
             if not fut.done():
                 fut.set_exception(exc)
         self._waiters.clear()
+        self._runs.clear()
         self._closers.clear()
 
     async def _roundtrip(self, request: Request[Any], tx_id: int, deadline: float | None) -> Reply[Any] | ErrorReply:
@@ -369,7 +392,7 @@ class AsyncClient(_AsyncNodeOps):
         except (TimeoutError, asyncio.CancelledError) as e:
             unanswered = run.gather.outstanding_keys
             for k in unanswered:
-                self._waiters.pop(k, None)
+                self._runs.pop(k, None)
                 self._core.abandon_id(k)
             run.gather.close()
             if isinstance(e, TimeoutError):

@@ -426,7 +426,13 @@ class Client(_NodeOps):
                     f"({self._core.outstanding} requests unanswered, {len(self._watch_events)} watch events queued)"
                 )
             return
-        self._file(self._core.receive(data), g)
+        if g is None:
+            self._file(self._core.receive(data))
+            return
+        values: dict[int, bytes] = {}
+        self._file(self._core.receive(data, values, g.keys), g)  # the batch's READ values, and events
+        if values:
+            g.replies(values)
 
     def _file(self, events: list[Event], g: _ops.Gather | None = None) -> None:
         """Put each event where its taker looks: replies by request id (or into ``g``, the batch being
@@ -564,7 +570,10 @@ class Client(_NodeOps):
         core, device, out = self._core, self.device, list[bytes]()
 
         def send(request: Request[Any], tx: int) -> int:
-            req_id, data = send_gathered(device, core, request, tx)
+            if request.__class__ is Read:  # what send_gathered does for one, a call less
+                req_id, data = core.send_read(request.path, tx, request)
+            else:
+                req_id, data = send_gathered(device, core, request, tx)
             if data:
                 out.append(data)
             return req_id

@@ -8,7 +8,7 @@ logic of a call (DIRECTORY falling back to DIRECTORY_PART, what "unsupported" me
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Generator, Iterable
+from collections.abc import Awaitable, Callable, Container, Generator, Iterable
 from typing import Any, TypeVar
 
 from ..errors import ProtocolError, TooBig, XenstoreBusy, XenstoreError, XenstoreInvalid, XenstoreNotSupported
@@ -237,6 +237,11 @@ class Gather:
         """The first request still unanswered (for messages), or ``None``."""
         return next(iter(self._waiting.values()))[2] if self._waiting else None
 
+    @property
+    def keys(self) -> Container[int]:
+        """The keys of the requests awaiting their replies (live: it changes as replies come)."""
+        return self._waiting
+
     def waits_for(self, key: int) -> bool:
         """Whether the request ``send`` gave ``key`` is one of ours, awaiting its reply."""
         return key in self._waiting
@@ -264,6 +269,18 @@ class Gather:
         else:
             self._results[i] = event.value
             self._finished += 1
+
+    def replies(self, values: dict[int, Any]) -> None:
+        """Successful replies, as ``{key: value}`` (``ClientCore.receive``'s ``values``): what ``reply`` does
+        with each, without a ``Reply`` object for a plain call."""
+        waiting, results = self._waiting, self._results
+        for key, value in values.items():
+            i, proc, request = waiting.pop(key)
+            if proc is None:
+                results[i] = value
+                self._finished += 1
+            else:
+                self._advance(i, proc, Reply(key, self._tx_id, request, value))
 
     def _fail(self, i: int, e: XenstoreError) -> None:
         self._errors[i] = e
