@@ -316,3 +316,112 @@ def test_gather_may_be_given_the_same_request_twice() -> None:
     r = W.Read("/a")
     assert xs.gather([r, r, W.Read("/b"), r]) == [b"/a", b"/a", b"/b", b"/a"]
     assert len(dev.writes) == 1 and xs._core.outstanding == 0
+
+
+# -- a batch's READ values, without event objects ----------------------------------------------------------
+
+
+def test_receive_puts_the_wanted_read_replies_into_values() -> None:
+    core = ClientCore()
+    a, _ = core.send_request(W.Read("/a"))
+    b, _ = core.send_read("/b")
+    c, _ = core.send_read("/c")  # not wanted: comes as an event
+    d, _ = core.send_read("/d")  # an error: comes as an event
+    values: dict[int, bytes] = {}
+    data = (
+        msg(XsType.READ, a, b"A")
+        + W.encode_watch_event("/w", "t")
+        + msg(XsType.READ, b, b"B")
+        + msg(XsType.READ, c, b"C")
+        + msg(XsType.ERROR, d, b"ENOENT\0")
+    )
+    events = core.receive(data, values, {a, b, d})
+    assert values == {a: b"A", b: b"B"}
+    assert events[0] == WatchEvent("/w", "t")
+    assert isinstance(events[1], Reply) and events[1].req_id == c and events[1].value == b"C"
+    assert isinstance(events[2], ErrorReply) and events[2].req_id == d and events[2].request == W.Read("/d")
+    assert core.outstanding == 0
+
+
+def test_receive_values_keep_strict_matching() -> None:
+    core = ClientCore()
+    w, _ = core.send_request(W.Write("/a", b"v"))
+    with pytest.raises(E.ProtocolError, match="answered WRITE req_id 1 with a READ"):
+        core.receive(msg(XsType.READ, w, b"x"), {}, {w})  # a READ reply to a WRITE is never a value
+    core2 = ClientCore()
+    r, _ = core2.send_read("/a")
+    with pytest.raises(E.ProtocolError, match="never sent"):
+        core2.receive(msg(XsType.READ, r + 1, b"x"), {}, {r, r + 1})
+
+
+def test_receive_values_drop_abandoned_reads() -> None:
+    core = ClientCore()
+    r, _ = core.send_read("/a")
+    core.abandon_id(r)
+    values: dict[int, bytes] = {}
+    assert core.receive(msg(XsType.READ, r, b"late"), values, {r}) == [] and values == {}
+    assert core.outstanding == 0
+
+
+def test_gather_replies_advance_a_procedure_too() -> None:
+    sent: list[W.Request[Any]] = []
+
+    def send(request: W.Request[Any], tx_id: int) -> int:
+        sent.append(request)
+        return len(sent)
+
+    from xenpure.xenstore import _ops
+
+    g = _ops.Gather([W.Read("/a"), W.Directory("/d")], send)
+    g.fill()
+    g.replies({1: b"A", 2: ("x", "y")})  # 2 is a DIRECTORY: its procedure gets a Reply made for it
+    assert g.done and g.outcome(False) == [b"A", ("x", "y")]
+
+
+def test_async_gather_writes_once_per_read_and_leaves_nothing_behind() -> None:
+    import asyncio
+    import socket
+
+    from xenpure.xenstore import AsyncClient
+
+    class Pair:
+        path = "pair"
+
+        def __init__(self) -> None:
+            self.ours, self.theirs = socket.socketpair()
+            self.ours.setblocking(False)
+            self.writes = 0
+
+        def fileno(self) -> int:
+            return self.ours.fileno()
+
+        def write(self, data: bytes) -> int:
+            self.writes += 1
+            out = b""
+            for m in W.iter_messages(data):
+                if m.payload == b"/missing\0":
+                    out += msg(XsType.ERROR, m.req_id, b"ENOENT\0")
+                else:
+                    out += W.encode_watch_event("/w", "t") + msg(XsType.READ, m.req_id, m.payload[:-1])
+            self.theirs.sendall(out)
+            return len(data)
+
+        def read(self, n: int) -> bytes:
+            return self.ours.recv(n)
+
+        def close(self) -> None:
+            self.ours.close()
+            self.theirs.close()
+
+    async def main() -> None:
+        dev = Pair()
+        async with AsyncClient(dev, timeout=5) as axs:  # type: ignore[arg-type]
+            reqs = [W.Read(f"/p{i}") for i in range(100)]
+            reqs[50] = W.Read("/missing")
+            got = await axs.gather(reqs, return_exceptions=True, window=10)
+            assert got[:2] == [b"/p0", b"/p1"] and isinstance(got[50], E.NoEntry) and got[99] == b"/p99"
+            assert dev.writes <= 10 + 1  # one per read of replies, at most: never one per reply
+            assert not axs._runs and not axs._waiters and axs._core.outstanding == 0
+            assert (await axs.next_watch_event(timeout=1)) == WatchEvent("/w", "t")
+
+    asyncio.run(main())
