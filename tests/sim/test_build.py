@@ -247,6 +247,24 @@ def test_failure_at_any_step_rolls_back(sim_host: xenpure.Host, sim_xen: SimXen,
     assert sim_host.kernel.live_mappings <= 1  # only privcmd's scratch buffer stays
 
 
+def test_rollback_reissues_destroydomain_while_xen_answers_eagain(
+    sim_host: xenpure.Host, sim_xen: SimXen, kernel: Path
+) -> None:
+    """The rollback's destroy is Domain's: a teardown Xen preempts (EAGAIN) is called again until done."""
+    sim_xen.destroy_preemptions = 2
+    created: list[int] = []
+
+    def fail(name: str) -> None:
+        if name == "grant table":
+            created.extend(d for d in sim_xen.domains if d)
+            raise RuntimeError("injected")
+
+    with pytest.raises(BuildError, match="failed at step 'grant table'") as ei:
+        build_pv(sim_host, config(kernel), on_step=fail)
+    assert not ei.value.leftovers and set(sim_xen.domains) == {0}
+    assert created and any(f"destroyed domain {created[0]}" in r for r in ei.value.rolled_back)
+
+
 def _exists(xs: object, path: str) -> bool:
     try:
         xs.directory(path)  # type: ignore[attr-defined]

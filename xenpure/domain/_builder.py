@@ -49,13 +49,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import TryAgain, XenError
+from ..errors import XenError
 from ..hypercall.abi.arch_x86 import VCPU_GUEST_CONTEXT, XEN_LEGACY_MAX_VCPUS
 from ..hypercall.abi.domctl import DomctlCmd
 from ..hypercall.abi.grant_table import GRANT_ENTRY_V1, GnttabReserved, GrantType
 from ..hypercall.abi.memory import E820_ENTRY, FOREIGN_MEMORY_MAP, MEMORY_RESERVATION, E820Type, MemOp
 from ..hypercall.abi.xen import MMUEXT_OP, SHARED_INFO, VCPU_INFO, Hypercall, MmuExtCmd
 from ._config import DomainConfig
+from ._domain import Domain
 from ._kernel_image import KernelImage, load_kernel_file
 from ._pvlayout import PAGE, LayoutError, PvLayout, p2m_bytes, page_tables, plan, start_info, vcpu_context
 
@@ -211,14 +212,7 @@ class _Build:
         self.undo.append((f"destroyed domain {domid}", self._destroy))
 
     def _destroy(self) -> None:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                self.host._domctl(DomctlCmd.destroydomain, self.domid)
-                return
-            except TryAgain:  # Xen frees memory in preemptible steps and says EAGAIN until done
-                if time.monotonic() > deadline:
-                    raise
+        Domain(self.host, self.domid)._destroydomain(timeout=60)
 
     def max_vcpus(self) -> None:
         self.host._domctl(DomctlCmd.max_vcpus, self.domid, {"max": self.config.vcpus})

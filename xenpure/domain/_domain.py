@@ -231,15 +231,20 @@ class Domain:
         if self.id == 0:
             raise XenError("refusing to destroy Domain-0")
         vm_path = self._read(f"{self.path}/vm")
+        self._destroydomain(timeout)
+        self.cleanup_xenstore(vm_path)
+
+    def _destroydomain(self, timeout: float) -> None:
+        """The hypercall half of ``destroy()``: ``XEN_DOMCTL_destroydomain``, reissued while Xen answers
+        EAGAIN (it frees the domain's memory in preemptible steps), at most ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
         while True:
             try:
                 self.host._domctl(DomctlCmd.destroydomain, self.id)
-                break
+                return
             except TryAgain as e:
                 if time.monotonic() > deadline:
                     raise Timeout(f"destroydomain of domain {self.id} still answered EAGAIN after {timeout:g} s") from e
-        self.cleanup_xenstore(vm_path)
 
     def cleanup_xenstore(self, vm_path: str | None = None) -> None:
         """Remove a dead domain's toolstack entries from xenstore and release it in xenstored."""
