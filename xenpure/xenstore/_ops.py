@@ -190,9 +190,9 @@ class Gather:
 
     The window is topped up when half of it is answered (``fill``). It bounds what is in flight: a writer
     that sent thousands of requests without reading could block on a full socket while xenstored blocks
-    writing replies to it, or trip xenstored's quota of outstanding requests. Requests leave in order, and xenstored answers a connection in order, so a write
-    followed by a read of the same path reads what was written (a procedure's later requests, such as
-    DIRECTORY_PART's, go out when its earlier reply is in).
+    writing replies to it, or trip xenstored's quota of outstanding requests. Requests leave in order, and
+    xenstored answers a connection in order, so a write followed by a read of the same path reads what was
+    written (a procedure's later requests, such as DIRECTORY_PART's, go out when its earlier reply is in).
     """
 
     def __init__(
