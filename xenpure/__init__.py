@@ -15,6 +15,7 @@ from .domain import Domain, DomainEvent, DomainInfo, DomainState, EventKind, Hos
 from .errors import (
     AccessDenied,
     AlreadyExists,
+    ArgumentOutOfRange,
     Busy,
     DeviceUnavailable,
     HypercallError,
@@ -37,6 +38,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AccessDenied",
     "AlreadyExists",
+    "ArgumentOutOfRange",
     "Busy",
     "DeviceUnavailable",
     "Domain",

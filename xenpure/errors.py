@@ -12,6 +12,8 @@ The tree::
      |-- UnsupportedInterface                             the hypervisor speaks an ABI we do not know
      |-- ProtocolError          (also ValueError)         malformed data from the other side
      |                                                    (reply buffer, wire message, ring)
+     |-- ArgumentOutOfRange     (also ValueError)         a value does not fit the C field it is
+     |                                                    encoded into (refused before anything is sent)
      |-- Timeout                (also TimeoutError)       a blocking call ran out of time
      |-- HypercallError         (also OSError)            Xen or the kernel answered -errno
      |    |-- NoSuchDomain           ESRCH   (also ProcessLookupError)
@@ -59,6 +61,7 @@ __all__ = [
     "AccessDenied",
     "AlreadyConnected",
     "AlreadyExists",
+    "ArgumentOutOfRange",
     "Busy",
     "ConnectionClosed",
     "DeviceUnavailable",
@@ -146,6 +149,38 @@ class UnsupportedInterface(XenError):
 
 class ProtocolError(XenError, ValueError):
     """Malformed data arrived from the other side: a reply buffer, a wire message, or a ring."""
+
+
+class ArgumentOutOfRange(XenError, ValueError):
+    """A value does not fit the C field it would be encoded into: a domid over 65535 (or a negative one) in a
+    ``uint16_t domid_t``, a negative port in an ``evtchn_port_t``... Raised before anything reaches Xen or
+    the kernel.
+
+    ``record`` names the C record (``"xen_domctl"``), or is ``None`` when an API argument was checked before
+    any record was built; ``field`` the member (``"domain"``, ``"refs[3].domid"``); ``value`` what was
+    given; ``ctype`` the field's C type (or what the argument is); ``lo``..``hi`` the values it takes.
+    ``todo`` replaces the default advice (pass a value in range) with a more specific one.
+    """
+
+    def __init__(
+        self, record: str | None, field: str, value: int, ctype: str, lo: int, hi: int, todo: str = ""
+    ) -> None:
+        self.record = record
+        self.field = field
+        self.value = value
+        self.ctype = ctype
+        self.lo = lo
+        self.hi = hi
+        where = f"{record}.{field}" if record else field
+        msg = (
+            f"{where} = {value} is out of range for {ctype} ({lo}..{hi}, {_hex(lo)}..{_hex(hi)}): "
+            f"{todo or 'pass an integer in that range'}"
+        )
+        super().__init__(msg)
+
+
+def _hex(n: int) -> str:
+    return f"-{-n:#x}" if n < 0 else f"{n:#x}"
 
 
 class Timeout(XenError, TimeoutError):
