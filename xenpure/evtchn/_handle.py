@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import select
-import struct
 import threading
 from collections import deque
 from collections.abc import AsyncIterator
 from types import TracebackType
 
 from ..errors import ProtocolError, TryAgain
-from ..hypercall._device import device_ioctl, device_read, device_write, flat_codec
+from ..hypercall._device import RecordCodec, device_ioctl, device_read, device_write, flat_codec
+from ..hypercall._layout import u32
 from ..hypercall.abi._ioctl import Ioctl
 from ..hypercall.abi.event_channel import Virq
 from ..hypercall.abi.linux_evtchn import (
@@ -53,7 +53,7 @@ def _wake(fut: asyncio.Future[None]) -> None:
 #: Ports read at most per read(2): the driver's queue is one page of them.
 _READ_PORTS = 1024
 #: What the device reads and writes: evtchn_port_t, one after the other.
-_PORT = struct.Struct("<I")
+_PORT = RecordCodec("<I", "write(/dev/xen/evtchn)", [("port", u32)])
 assert _PORT.size == PORT_SIZE
 
 

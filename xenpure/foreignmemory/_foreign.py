@@ -10,6 +10,7 @@ A PV domain's frames are machine frames (MFNs); an HVM/PVH domain's are guest fr
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import struct
 import threading
@@ -19,6 +20,7 @@ from types import TracebackType
 
 from ..errors import HypercallError, XenError
 from ..hypercall._device import device_ioctl, errno_error
+from ..hypercall._layout import pack_scalars, ulong
 from ..hypercall.abi.memory import ResourceGrantTableId, ResourceType
 from ..hypercall.abi.privcmd import (
     IOCTL_PRIVCMD_MMAP_RESOURCE,
@@ -34,6 +36,8 @@ PAGE = 4096
 #: x86-64 page table entry bits used by ``translate``.
 _PRESENT, _PSE = 1 << 0, 1 << 7
 _ADDR_MASK = 0x000F_FFFF_FFFF_F000
+#: The frames IOCTL_PRIVCMD_MMAPBATCH_V2's ``arr`` points at: ``xen_pfn_t``, an unsigned long on x86-64.
+_PFN = dataclasses.replace(ulong, cname="xen_pfn_t")
 
 
 @dataclass(frozen=True)
@@ -168,7 +172,7 @@ class ForeignMemory:
         n = len(frames)
         buf = self.kernel.alloc_buffer(n * 12)
         try:
-            buf.view[: n * 8] = struct.pack(f"<{n}Q", *frames)
+            buf.view[: n * 8] = pack_scalars(_PFN, frames, "privcmd_mmapbatch_v2", "arr")
             arg = bytearray(PRIVCMD_MMAPBATCH_V2.layout().build(
                 num=n, dom=domid, addr=vma.address, arr=buf.address, err=buf.address + n * 8))
             try:

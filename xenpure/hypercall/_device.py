@@ -4,6 +4,10 @@
 Rule 1: this is the one place an errno from such a call becomes an exception (``HypercallError.from_errno``,
 naming the ioctl's C macro or the device and operation), and every call is logged with its name, so a
 trace reads like the C it replaces.
+
+The argument codecs made here (``flat_codec``, ``member_codec``, ``RecordCodec``) are ``struct.Struct``s
+that turn a value their C field cannot hold into ``ArgumentOutOfRange`` (``_layout.scalar_error``), never a
+``struct.error``.
 """
 
 from __future__ import annotations
@@ -11,13 +15,23 @@ from __future__ import annotations
 import functools
 import logging
 import struct
+from collections.abc import Sequence
+from typing import Any
 
 from ..errors import HypercallError
 from ..kernel import Device
-from ._layout import CType, Decl
+from ._layout import CType, Decl, scalar_error
 from .abi._ioctl import Ioctl
 
-__all__ = ["device_ioctl", "device_read", "device_write", "errno_error", "flat_codec", "member_codec"]
+__all__ = [
+    "RecordCodec",
+    "device_ioctl",
+    "device_read",
+    "device_write",
+    "errno_error",
+    "flat_codec",
+    "member_codec",
+]
 
 log = logging.getLogger("xenpure.device")
 
@@ -64,9 +78,48 @@ def errno_error(err: int, op: str, detail: str = "") -> HypercallError:
 _FLAT_CODES = {1: "B", 2: "H", 4: "I", 8: "Q"}
 _SIGNED_CODES = {1: "b", 2: "h", 4: "i", 8: "q"}
 
+_pack = struct.Struct.pack
+_pack_into = struct.Struct.pack_into
+
+
+class RecordCodec(struct.Struct):
+    """A ``struct.Struct`` for C record ``record`` whose values are ``members`` (name, C type) in order.
+
+    ``pack``/``pack_into`` are ``struct``'s; only when ``struct`` refuses a value are the values checked one
+    by one, and the misfit raised as ``ArgumentOutOfRange`` (``TypeError`` for a non-integer) naming
+    ``record.member``, so what fits pays one Python call and nothing more.
+    """
+
+    def __init__(self, fmt: str, record: str, members: Sequence[tuple[str, CType]]) -> None:
+        super().__init__(fmt)
+        self.record = record
+        self.members = tuple(members)
+
+    def pack(self, *values: Any) -> bytes:
+        try:
+            return _pack(self, *values)
+        except struct.error:
+            raise self._error(values) from None
+
+    def pack_into(self, buffer: Any, offset: int, /, *values: Any) -> None:
+        try:
+            _pack_into(self, buffer, offset, *values)
+        except struct.error:
+            raise self._error(values) from None
+
+    def _error(self, values: tuple[Any, ...]) -> Exception:
+        if len(values) != len(self.members):
+            names = ", ".join(name for name, _ in self.members)
+            return TypeError(f"struct {self.record} packs {len(self.members)} values ({names}), got {len(values)}")
+        for (name, t), v in zip(self.members, values, strict=True):
+            err = scalar_error(self.record, name, t, v)
+            if err is not None:
+                return err
+        return TypeError(f"struct {self.record}: struct refused {values!r}")  # unreachable for scalars
+
 
 @functools.cache
-def flat_codec(decl: Decl) -> struct.Struct:
+def flat_codec(decl: Decl) -> RecordCodec:
     """A ``struct.Struct`` for a record made only of scalar members, derived from its one declaration
     (offsets and padding from ``Layout``), for the per-call hot paths (notify, unmask, map, unmap) where
     construct's generality costs more than the ioctl. Members pack in declaration order.
@@ -76,26 +129,28 @@ def flat_codec(decl: Decl) -> struct.Struct:
     lay = decl.layout()
     fmt = "<"
     pos = 0
+    members: list[tuple[str, CType]] = []
     for name, off in lay.offsets.items():
         t = lay.types[name]
         if not isinstance(t, CType):
             raise TypeError(f"struct {decl.cname}: member {name} is not a scalar")
         fmt += "x" * (off - pos)
-        fmt += (_SIGNED_CODES if t.cname.startswith("int") else _FLAT_CODES)[t.size]
+        fmt += (_SIGNED_CODES if t.signed else _FLAT_CODES)[t.size]
+        members.append((name, t))
         pos = off + t.size
     fmt += "x" * (lay.size - pos)
-    codec = struct.Struct(fmt)
+    codec = RecordCodec(fmt, decl.cname, members)
     assert codec.size == lay.size, (decl.cname, fmt)
     return codec
 
 
 @functools.cache
-def member_codec(decl: Decl, name: str) -> tuple[struct.Struct, int]:
+def member_codec(decl: Decl, name: str) -> tuple[RecordCodec, int]:
     """(codec, offset) of one scalar member of ``decl``: to fill or read it in a buffer that also carries a
     variable-length tail (``refs[count]``), which ``flat_codec`` cannot describe."""
     lay = decl.layout()
     t = lay.types[name]
     if not isinstance(t, CType):
         raise TypeError(f"struct {decl.cname}: member {name} is not a scalar")
-    code = (_SIGNED_CODES if t.cname.startswith("int") else _FLAT_CODES)[t.size]
-    return struct.Struct("<" + code), lay.offsets[name]
+    code = (_SIGNED_CODES if t.signed else _FLAT_CODES)[t.size]
+    return RecordCodec("<" + code, decl.cname, [(name, t)]), lay.offsets[name]

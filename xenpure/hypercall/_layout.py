@@ -12,12 +12,18 @@ release means adding a row to the release table and annotating the members that 
 
 A union member (``Union``) is laid out as a fixed-size block whose members all start at its offset, as in C;
 the catalogue lists each union member under a dotted path (``u.getdomaininfo``).
+
+A value that does not fit its member (70000 or -1 in a ``uint16_t``) raises ``ArgumentOutOfRange`` naming
+the record, member, C type and range, from ``Layout.build`` and from every codec derived from a declaration
+(``scalar_error`` is the one check). The check runs only after ``struct``/construct refused the value, so
+encoding what fits costs nothing extra.
 """
 
 from __future__ import annotations
 
 import functools
 import keyword
+import operator
 import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -27,7 +33,7 @@ from typing import Union as _TUnion
 
 import construct as cs
 
-from ..errors import ProtocolError
+from ..errors import ArgumentOutOfRange, ProtocolError
 
 __all__ = [
     "Array",
@@ -47,6 +53,8 @@ __all__ = [
     "i16",
     "i32",
     "i64",
+    "pack_scalars",
+    "scalar_error",
     "u8",
     "u16",
     "u32",
@@ -69,6 +77,18 @@ class CType:
     @property
     def align(self) -> int:
         return self.size
+
+    @property
+    def signed(self) -> bool:
+        return self.cname.startswith("int")
+
+    @property
+    def bounds(self) -> tuple[int, int]:
+        """The smallest and largest value the type holds."""
+        bits = 8 * self.size
+        if self.signed:
+            return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+        return 0, (1 << bits) - 1
 
 
 u8 = CType("uint8_t", 1, cs.Int8ul)
@@ -233,10 +253,22 @@ class Layout:
         if not merged:
             return bytes(self.size)  # every member zero encodes as zero bytes
         flat = self._flat
-        if flat is not None and not (merged.keys() & flat.union_members):
-            return flat.build(merged)
-        data: bytes = self._codec.build(_fill(self, merged))
+        try:
+            if flat is not None and not (merged.keys() & flat.union_members):
+                return flat.build(merged)
+            data: bytes = self._codec.build(_fill(self, merged))
+        except (struct.error, cs.ConstructError):
+            err = self.argument_error(merged)
+            if err is None:
+                raise
+            raise err from None
         return data
+
+    def argument_error(self, values: Mapping[str, Any]) -> Exception | None:
+        """Why ``values`` cannot be encoded: ``ArgumentOutOfRange`` for the first member (depth first) whose
+        value does not fit its C type, ``TypeError`` for one that is not an integer, or None if every value
+        fits. ``build`` asks this only after the codec refused, so the hot path pays nothing for it."""
+        return _record_error(self, self.cname, values)
 
     def parse(self, data: bytes | bytearray | memoryview) -> cs.Container:
         """Decode the first ``size`` bytes of ``data``; fewer is a ``ProtocolError``.
@@ -374,6 +406,69 @@ def _ctype(t: Type) -> str:
     return "union"
 
 
+def scalar_error(record: str | None, field: str, t: CType, v: Any) -> Exception | None:
+    """The one range check: ``ArgumentOutOfRange`` if ``v`` does not fit ``t``, ``TypeError`` if it is not an
+    integer (anything with ``__index__``, as ``struct`` takes), None if it fits (None encodes as zero)."""
+    if v is None:
+        return None
+    try:
+        n = operator.index(v)
+    except TypeError:
+        where = f"{record}.{field}" if record else field
+        return TypeError(f"{where} is a {t.cname}: it takes an integer, not {type(v).__name__} {v!r}")
+    lo, hi = t.bounds
+    if lo <= n <= hi:
+        return None
+    return ArgumentOutOfRange(record, field, n, t.cname, lo, hi)
+
+
+def pack_scalars(t: CType, values: Any, record: str, field: str) -> bytes:
+    """``values`` as a packed C array of ``t`` (the ``xen_pfn_t`` frames a pointer member points at); a value
+    that does not fit raises ``ArgumentOutOfRange`` naming ``record.field[i]``."""
+    items = list(values)
+    try:
+        return struct.pack(f"<{len(items)}{_CODES[(t.size, t.signed)]}", *items)
+    except struct.error:
+        for i, v in enumerate(items):
+            err = scalar_error(record, f"{field}[{i}]", t, v)
+            if err is not None:
+                raise err from None
+        raise
+
+
+def _record_error(lay: Layout, record: str, values: Mapping[str, Any], prefix: str = "") -> Exception | None:
+    for name, t in lay.types.items():
+        err = _member_error(record, f"{prefix}{name}", t, values.get(name), lay.iface)
+        if err is not None:
+            return err
+    return None
+
+
+def _member_error(record: str, path: str, t: Type, v: Any, iface: Iface | None) -> Exception | None:
+    if v is None:
+        return None
+    if isinstance(t, CType):
+        return scalar_error(record, path, t, v)
+    if isinstance(t, Array):
+        if isinstance(t.of, CType) and t.of in _BYTE_TYPES:
+            return None  # byte strings: their length is checked (ValueError) before encoding
+        for i, x in enumerate(list(v)):
+            err = _member_error(record, f"{path}[{i}]", t.of, x, iface)
+            if err is not None:
+                return err
+        return None
+    if not isinstance(v, Mapping):
+        return TypeError(f"{record}.{path} is a {_ctype(t)}: it takes a mapping of its members, not {v!r}")
+    if isinstance(t, Decl):
+        return _record_error(t.layout(iface), record, v, f"{path}.")
+    for m in t.members:  # a union: the members the caller gave
+        if m.name in v:
+            err = _member_error(record, f"{path}.{m.name}", m.type, v[m.name], iface)
+            if err is not None:
+                return err
+    return None
+
+
 def _fill(lay: Layout, values: Mapping[str, Any]) -> dict[str, Any]:
     """Complete ``values`` with zeroes so construct can build a record from a partial description."""
     out: dict[str, Any] = {}
@@ -460,7 +555,7 @@ class _Flat:
                 t, at = rec.types[name], base + off
                 parts.append("x" * (at - pos))
                 if isinstance(t, CType):
-                    parts.append(_CODES[(t.size, t.cname.startswith("int"))])
+                    parts.append(_CODES[(t.size, t.signed)])
                     shape.append((name, None))
                     pos = at + t.size
                 elif isinstance(t, Array) and isinstance(t.of, CType):
@@ -468,7 +563,7 @@ class _Flat:
                         parts.append(f"{t.n}s")
                         shape.append((name, ("s", t.n)))
                     else:
-                        parts.append(_CODES[(t.of.size, t.of.cname.startswith("int"))] * t.n)
+                        parts.append(_CODES[(t.of.size, t.of.signed)] * t.n)
                         shape.append((name, ("a", t.n)))
                     pos = at + t.n * t.of.size
                 elif isinstance(t, Decl):
