@@ -12,7 +12,7 @@ import uuid as _uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from ..errors import NoSuchDomain, ProtocolError
+from ..errors import ArgumentOutOfRange, NoSuchDomain, ProtocolError
 from ..hypercall._layout import Iface
 from ..hypercall._privcmd import Privcmd
 from ..hypercall._probe import probe_interface, xen_version_numbers
@@ -20,7 +20,7 @@ from ..hypercall.abi import release_for
 from ..hypercall.abi.domctl import GETDOMAININFO, DomctlCmd
 from ..hypercall.abi.sysctl import SysctlCmd
 from ..hypercall.abi.version import CAPABILITIES_INFO_LEN, CHANGESET_INFO_LEN, EXTRAVERSION_LEN, XenVer
-from ..hypercall.abi.xen import DOMID_FIRST_RESERVED
+from ..hypercall.abi.xen import DOMID_FIRST_RESERVED, DomId
 from ..kernel import Kernel
 from ._config import DomainConfig
 from ._domain import Domain
@@ -166,9 +166,17 @@ class Host:
     def domain(self, key: int | str | _uuid.UUID) -> Domain:
         """Look a domain up by id, name (xenstore ``/local/domain/<id>/name``) or UUID.
 
-        Raises ``NoSuchDomain``.
+        Raises ``NoSuchDomain``, and ``ArgumentOutOfRange`` for an id no domain can have: outside
+        0..0x7FEF, or one of the reserved ``DOMID_*`` ids (``DOMID_SELF``...) of public/xen.h.
+
+        The id range is checked here, once, rather than in ``Domain``: this is where a caller's number
+        becomes a ``Domain``, and a ``Domain`` stands for one real domain (its xenstore home, its info), which
+        a reserved id is not; the encoder would refuse only what overflows ``domid_t`` (a negative id, or one
+        over 0xFFFF) and let a reserved id through to Xen. ``Domain`` itself stays a plain (host, id) pair:
+        the others are made from ids Xen listed.
         """
         if isinstance(key, int):
+            _check_domid(key)
             d = Domain(self, key)
             d._info()  # ESRCH -> NoSuchDomain
             return d
@@ -216,6 +224,19 @@ class Host:
     # -- per-domain hypercalls (Domain delegates here) ---------------------------------------------------
     def _domctl(self, cmd: DomctlCmd, domid: int, payload: Any = None, extra: int = 0) -> tuple[int, Any, bytes]:
         return self._privcmd.domctl(self.interface, cmd, domid, payload, extra=extra)
+
+
+def _check_domid(domid: int) -> None:
+    """``ArgumentOutOfRange`` unless ``domid`` can be a real domain's id (0..DOMID_FIRST_RESERVED - 1)."""
+    if 0 <= domid < DOMID_FIRST_RESERVED:
+        return
+    todo = "pass a real domain's id (Host.domains() lists them)"
+    names = [n for n, m in DomId.__members__.items() if m == domid and n != "FIRST_RESERVED"]
+    if names:
+        todo = f"{domid:#x} is DOMID_{names[0]}, a reserved id that names no domain of its own; {todo}"
+    elif domid > DOMID_FIRST_RESERVED:
+        todo = f"ids from {DOMID_FIRST_RESERVED:#x} up are reserved; {todo}"
+    raise ArgumentOutOfRange(None, "domid", domid, "a domain id", 0, DOMID_FIRST_RESERVED - 1, todo)
 
 
 def _xenstore_name(host: Host, domid: int) -> str | None:
