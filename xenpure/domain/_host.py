@@ -230,7 +230,7 @@ def _check_domid(domid: int) -> None:
     """``ArgumentOutOfRange`` unless ``domid`` can be a real domain's id (0..DOMID_FIRST_RESERVED - 1)."""
     if 0 <= domid < DOMID_FIRST_RESERVED:
         return
-    todo = "pass a real domain's id (Host.domains() lists them)"
+    todo = "pass a real domain's id (Host.domains(), or `xenpure list`, shows them)"
     names = [n for n, m in DomId.__members__.items() if m == domid and n != "FIRST_RESERVED"]
     if names:
         todo = f"{domid:#x} is DOMID_{names[0]}, a reserved id that names no domain of its own; {todo}"
