@@ -95,6 +95,11 @@ def test_evtchn_ports_and_domids(evt: tuple[EventChannels, list[Any]]) -> None:
         e.bind_interdomain(0, 1 << 32)
     with pytest.raises(ArgumentOutOfRange, match=r"^ioctl_evtchn_bind_unbound_port\.remote_domain = -1 "):
         e.bind_unbound_port(-1)
+    # uint32_t fields the driver narrows to domid_t: 70000 would bind to domain 4464, so it is refused
+    with pytest.raises(ArgumentOutOfRange, match=r"^ioctl_evtchn_bind_unbound_port\.remote_domain = 70000 .* domid_t"):
+        e.bind_unbound_port(70000)
+    with pytest.raises(ArgumentOutOfRange, match=r"^ioctl_evtchn_bind_interdomain\.remote_domain = 65536 .* domid_t"):
+        e.bind_interdomain(65536, 1)
     with pytest.raises(ArgumentOutOfRange, match=r"^ioctl_evtchn_restrict_domid\.domid = 70000 "):
         e.restrict(70000)
     with pytest.raises(ArgumentOutOfRange, match=r"^write\(/dev/xen/evtchn\)\.port = -1 is out of range"):
@@ -111,6 +116,8 @@ def test_gntdev_gntalloc_and_foreign_memory(sim_host: xenpure.Host) -> None:
             g.map_grant_ref(0, -1)
         with pytest.raises(ArgumentOutOfRange, match=r"^ioctl_gntdev_grant_ref\.domid = 4294967296 "):
             g.map_grant_refs([(0, 1), (1 << 32, 1)])
+        with pytest.raises(ArgumentOutOfRange, match=r"^ioctl_gntdev_grant_ref\.domid = 70000 .* domid_t"):
+            g.map_grant_refs([(0, 1), (70000, 1)])  # fits the uint32_t, not the domid_t the driver narrows to
         with pytest.raises(ArgumentOutOfRange, match=r"^ioctl_gntdev_set_max_grants\.count = -1 "):
             g.set_max_grants(-1)
         with GrantAllocator.open(sim_host.kernel) as a:
@@ -123,3 +130,11 @@ def test_gntdev_gntalloc_and_foreign_memory(sim_host: xenpure.Host) -> None:
             fm.map(0, [1, -1])
         with pytest.raises(ArgumentOutOfRange, match=r"^privcmd_mmapbatch_v2\.dom = 70000 "):
             fm.map(70000, [1])
+
+
+def test_a_raw_hypercall_argument_that_does_not_fit(sim_host: xenpure.Host) -> None:
+    from xenpure.hypercall.abi.xen import Hypercall
+
+    with pytest.raises(ArgumentOutOfRange, match=r"^privcmd_hypercall\.arg\[1\] = -1 is out of range for uint64_t"):
+        sim_host.privcmd.hypercall(Hypercall.xen_version, 0, -1)
+    assert sim_host.version()  # the device still answers

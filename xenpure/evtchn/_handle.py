@@ -22,7 +22,7 @@ from types import TracebackType
 
 from ..errors import ProtocolError, TryAgain
 from ..hypercall._device import RecordCodec, device_ioctl, device_read, device_write, flat_codec
-from ..hypercall._layout import u32
+from ..hypercall._layout import check_domid, u32
 from ..hypercall.abi._ioctl import Ioctl
 from ..hypercall.abi.event_channel import Virq
 from ..hypercall.abi.linux_evtchn import (
@@ -169,6 +169,7 @@ class EventChannels:
     def bind_unbound_port(self, remote_domid: int) -> Channel:
         """A new local port that ``remote_domid`` may bind (``IOCTL_EVTCHN_BIND_UNBOUND_PORT``,
         EVTCHNOP_alloc_unbound underneath). Raises ``NoSuchDomain``, ``AccessDenied`` on a restricted handle."""
+        check_domid(BIND_UNBOUND_PORT.cname, "remote_domain", remote_domid)  # the driver narrows it to domid_t
         arg = flat_codec(BIND_UNBOUND_PORT).pack(remote_domid)
         return self._bind(IOCTL_EVTCHN_BIND_UNBOUND_PORT, arg, "unbound", remote_domid=remote_domid)
 
@@ -177,6 +178,7 @@ class EventChannels:
         (``IOCTL_EVTCHN_BIND_INTERDOMAIN``, EVTCHNOP_bind_interdomain underneath). Xen marks the new port
         pending, so it fires once at once. Raises ``InvalidArgument`` if the remote port is not unbound for
         dom0, ``NoSuchDomain``, ``AccessDenied`` on a handle restricted to another domain."""
+        check_domid(BIND_INTERDOMAIN.cname, "remote_domain", remote_domid)
         arg = flat_codec(BIND_INTERDOMAIN).pack(remote_domid, remote_port)
         return self._bind(
             IOCTL_EVTCHN_BIND_INTERDOMAIN, arg, "interdomain", remote_domid=remote_domid, remote_port=remote_port

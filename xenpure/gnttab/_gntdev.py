@@ -17,6 +17,7 @@ from typing import Any, Self
 
 from ..errors import HypercallError, NotSupported, ProtocolError, XenError
 from ..hypercall._device import device_ioctl, flat_codec, member_codec
+from ..hypercall._layout import check_domid
 from ..hypercall.abi.grant_table import CopyFlag, GntSt
 from ..hypercall.abi.linux_gntdev import (
     GRANT_COPY,
@@ -236,6 +237,7 @@ class GrantDevice:
         count, count_off = member_codec(MAP_GRANT_REF, "count")
         count.pack_into(arg, count_off, len(gs))
         for i, g in enumerate(gs):
+            check_domid(GRANT_REF.cname, "domid", g.domid)  # uint32_t here; the driver narrows it to domid_t
             ref_codec.pack_into(arg, refs_off + i * ref_codec.size, g.domid, g.ref)
         device_ioctl(self.device, IOCTL_GNTDEV_MAP_GRANT_REF, arg)
         index_codec, index_off = member_codec(MAP_GRANT_REF, "index")

@@ -422,6 +422,20 @@ def scalar_error(record: str | None, field: str, t: CType, v: Any) -> Exception 
     return ArgumentOutOfRange(record, field, n, t.cname, lo, hi)
 
 
+#: Xen's ``domid_t`` (public/xen.h: ``uint16_t``). Linux's device ioctls carry a domain id in wider fields
+#: (``ioctl_evtchn_bind_unbound_port.remote_domain``, ``ioctl_gntdev_grant_ref.domid`` are ``uint32_t``) and the
+#: drivers narrow it to ``domid_t`` on the way to Xen, where 70000 would silently name domain 4464:
+#: ``check_domid`` refuses such a value before the ioctl, as if the field were a ``domid_t``.
+domid_t = CType("domid_t", 2, cs.Int16ul)
+
+
+def check_domid(record: str, field: str, v: Any) -> None:
+    """Raise ``ArgumentOutOfRange`` (or ``TypeError``) unless ``v`` fits Xen's ``domid_t``."""
+    err = scalar_error(record, field, domid_t, v)
+    if err is not None:
+        raise err
+
+
 def pack_scalars(t: CType, values: Any, record: str, field: str) -> bytes:
     """``values`` as a packed C array of ``t`` (the ``xen_pfn_t`` frames a pointer member points at); a value
     that does not fit raises ``ArgumentOutOfRange`` naming ``record.field[i]``."""

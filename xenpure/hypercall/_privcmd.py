@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import struct
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -21,7 +20,8 @@ from typing import Any
 
 from ..errors import HypercallError, ProtocolError
 from ..kernel import Device, HypercallBuffer, Kernel
-from ._layout import Decl, Iface, Layout
+from ._device import RecordCodec
+from ._layout import Decl, Iface, Layout, u64
 from .abi.domctl import DOMCTL, DomctlCmd, payload_member
 from .abi.privcmd import IOCTL_PRIVCMD_HYPERCALL, PRIVCMD_HYPERCALL
 from .abi.sysctl import SYSCTL, SysctlCmd, sysctl_member
@@ -35,7 +35,7 @@ log = logging.getLogger("xenpure.hypercall")
 _HYPERCALL = PRIVCMD_HYPERCALL.layout()
 #: ``struct privcmd_hypercall`` {op, arg[5]} as one ``struct`` (every call builds one), checked against the
 #: declaration here, once.
-_HYPERCALL_CODEC = struct.Struct("<6Q")
+_HYPERCALL_CODEC = RecordCodec("<6Q", "privcmd_hypercall", [("op", u64), *((f"arg[{i}]", u64) for i in range(5))])
 if _HYPERCALL_CODEC.pack(1, 2, 3, 4, 5, 6) != _HYPERCALL.build(op=1, arg=[2, 3, 4, 5, 6]):
     raise AssertionError("struct privcmd_hypercall is no longer {u64 op; u64 arg[5]}")
 #: A union member's fields, or a function of the address of the caller's scratch area that returns them.
