@@ -413,24 +413,30 @@ class Client(_NodeOps):
         """Wait for bytes (until ``deadline``), feed them to the core, and file the events it returns (the
         replies ``g`` waits for go straight to it).
 
-        ``waiting_for`` is the request whose reply we wait for (``None``: a watch event), for messages.
+        ``waiting_for`` is the request whose reply we wait for (``None``: a watch event; with ``g``, its
+        oldest unanswered request), for messages.
         """
         if self._closed_event is not None:
-            raise ConnectionClosed(f"xenstored closed the connection; {_waited(waiting_for)} will not come")
+            waited = _waited(g.oldest if g is not None else waiting_for)
+            raise ConnectionClosed(f"xenstored closed the connection; {waited} will not come")
         remaining = None if deadline is None else max(0.0, deadline - _now())
         data = self._read_within(_READ_SIZE, remaining)
         if data is None:  # nothing in time (or woken for nothing: then wait again, while time is left)
             if deadline is not None and _now() + _TICK >= deadline:
                 raise Timeout(
-                    f"no {_waited(waiting_for)} from xenstored on {self.device.path} within the timeout "
-                    f"({self._core.outstanding} requests unanswered, {len(self._watch_events)} watch events queued)"
+                    f"no {_waited(g.oldest if g is not None else waiting_for)} from xenstored on {self.device.path} "
+                    f"within the timeout ({self._core.outstanding} requests unanswered, "
+                    f"{len(self._watch_events)} watch events queued)"
                 )
             return
+        core = self._core
         if g is None:
-            self._file(self._core.receive(data))
+            self._file(core.receive(data))
             return
         values: dict[int, bytes] = {}
-        self._file(self._core.receive(data, values, g.keys), g)  # the batch's READ values, and events
+        events = core.receive(data, values, g.keys)  # the batch's READ values apart, without event objects
+        if events or not core.pipeline:
+            self._file(events, g)
         if values:
             g.replies(values)
 
@@ -590,7 +596,7 @@ class Client(_NodeOps):
                         data = b"".join(out)
                         out.clear()
                         self._write(data)
-                    self._pump(deadline, g.oldest, g)
+                    self._pump(deadline, None, g)
                     g.fill()
             except BaseException:
                 for k in g.outstanding_keys:
