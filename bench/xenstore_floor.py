@@ -39,6 +39,9 @@ def raw(variant: str) -> Callable[[], None]:
         if variant == "select":
             select.select([fd], [], [], 30)
         reply = os.read(fd, 65536)
+        # C xenstored writes a reply's header and payload separately: a read may bring the header alone.
+        while len(reply) < HEADER.size or len(reply) < HEADER.size + HEADER.unpack_from(reply)[3]:
+            reply += os.read(fd, 65536)
         if HEADER.unpack_from(reply)[1] != req_id:
             raise RuntimeError("reply to another request")
 
