@@ -188,3 +188,20 @@ def test_info_carries_the_name_xenstore_gives_the_domain(sim_host: xenpure.Host,
     listed = {i.domid: i for i in sim_host.domain_infos()}
     assert listed[g.domid].name is None  # a batch listing asks xenstore nothing
     assert listed[g.domid] == sim_host.domain(g.domid)._info()
+
+
+def test_info_without_the_name_asks_xenstore_nothing(
+    sim_host: xenpure.Host, sim_xen: SimXen, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """info(name=False) answers while xenstored cannot (the lab stops it to take VIRQ_DOM_EXC)."""
+    g = sim_xen.add_guest("web")
+    dom = sim_host.domain(g.domid)
+
+    def no_xenstore(*_: object, **__: object) -> None:
+        raise AssertionError("xenstore was asked")
+
+    monkeypatch.setattr(sim_host.xenstore, "read", no_xenstore)
+    info = dom.info(name=False)
+    assert info.name is None and info == dom._info()
+    with pytest.raises(AssertionError, match="xenstore was asked"):
+        dom.info()

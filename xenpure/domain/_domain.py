@@ -71,13 +71,18 @@ class Domain:
         return f"/local/domain/{self.id}"
 
     # -- inspect ----------------------------------------------------------------------------------------
-    def info(self) -> DomainInfo:
+    def info(self, *, name: bool = True) -> DomainInfo:
         """State, memory, vcpus, cpu time, shutdown reason and uuid (``XEN_DOMCTL_getdomaininfo``), and the
         name xenstore gives it (``/local/domain/<id>/name``, ``None`` if it has none).
 
+        ``name=False`` leaves the name ``None`` and asks xenstore nothing: the hypercall alone, for a loop
+        that polls the state, or when xenstored may not answer (stopped, or busy): the name's read would
+        otherwise wait for it, up to the xenstore client's timeout, and raise ``Timeout``.
+
         Raises ``NoSuchDomain`` if the domain does not exist.
         """
-        return dataclasses.replace(self._info(), name=self.name)
+        info = self._info()
+        return dataclasses.replace(info, name=self.name) if name else info
 
     def _info(self) -> DomainInfo:
         """``info()`` without the name: the hypercall alone, for the loops that poll a domain's state."""
