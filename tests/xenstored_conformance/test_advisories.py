@@ -66,6 +66,10 @@ def test_xsa_206_transactions_are_not_starved(xs: Conn, xs2: Conn, base: str) ->
     """XSA-206: any write anywhere failed every open transaction (EAGAIN), so a busy writer could keep
     another domain's transactions from ever committing. Only conflicting changes may fail a commit."""
     stop = threading.Event()
+    # The churned node exists before any transaction starts: creating it adds a child to base, which the
+    # transactions' own new nodes also change, a real conflict (C xenstored answered EAGAIN whenever the
+    # churn's first write fell inside the first transaction).
+    xs2(W.Write(f"{base}/churn", b"start"))
 
     def churn() -> None:
         i = 0
