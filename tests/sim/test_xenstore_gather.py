@@ -188,12 +188,13 @@ def test_asyncio_gather(kernel: SimKernel) -> None:
             # a plain call and a batch in flight together each get their own replies
             one, many = await asyncio.gather(xs.read("/g/a"), xs.gather([Read("/g/t")] * 10))
             assert one == b"1" and many == [b"2"] * 10
-            assert xs._core.outstanding == 0 and not xs._waiters
+            assert xs._core.outstanding == 0 and not xs._waiters and not xs._runs  # batches live in _runs
 
         silent = SilentDevice()
         async with AsyncClient(silent, timeout=0.05) as sxs:  # type: ignore[arg-type]
             with pytest.raises(E.Timeout, match="no reply to 3 of 3 gathered requests"):
                 await sxs.gather([Read("/a"), Read("/b"), Read("/c")])
-            assert not sxs._waiters and sxs._core.outstanding == 3  # abandoned: their replies will be dropped
+            # abandoned: their replies will be dropped
+            assert not sxs._waiters and not sxs._runs and sxs._core.outstanding == 3
 
     asyncio.run(main())

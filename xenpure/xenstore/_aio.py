@@ -291,12 +291,8 @@ class AsyncClient(_AsyncNodeOps):
             if runs:
                 values: dict[int, bytes] = {}
                 events = self._core.receive(data, values, runs)  # the batches' READ values, and events
-                for req_id, value in values.items():  # what _GatherRun.take does, a call less per reply
-                    batch = runs.pop(req_id)
-                    batch._values[req_id] = value
-                    if not batch._dirty:
-                        batch._dirty = True
-                        self._to_flush.append(batch)
+                for req_id, value in values.items():
+                    runs.pop(req_id).take(req_id, value)
             else:
                 events = self._core.receive(data)
             for ev in events:

@@ -383,7 +383,6 @@ class Client(_NodeOps):
         self.timeout = timeout
         self._core = ClientCore(pipeline=can_pipeline(device) if pipeline is None else pipeline)
         self._read_within = timed_reader(device)
-        self._device_write = device.write
         self._events: dict[int, Reply[Any] | ErrorReply] = {}  # req_id -> its reply, until its caller takes it
         self._watch_events: collections.deque[WatchEvent] = collections.deque()
         self._closed_event: Closed | None = None
@@ -544,14 +543,7 @@ class Client(_NodeOps):
             start = _now()
             req_id, data = core.send_read(path, tx_id)
             if data:
-                try:
-                    n = self._device_write(data)
-                except ConnectionClosed:
-                    raise  # the device said why (a ring's error indicator)
-                except (BrokenPipeError, ConnectionResetError) as e:
-                    raise ConnectionClosed(f"xenstored closed the connection on {self.device.path}") from e
-                if n < len(data):  # a short write: the rest
-                    self._write(data[n:])
+                self._write(data)
             if self._closed_event is None:
                 got = self._read_within(_READ_SIZE, t)  # the whole timeout: this is the first wait
                 if got is not None:
@@ -576,10 +568,7 @@ class Client(_NodeOps):
         core, device, out = self._core, self.device, list[bytes]()
 
         def send(request: Request[Any], tx: int) -> int:
-            if request.__class__ is Read:  # what send_gathered does for one, a call less
-                req_id, data = core.send_read(request.path, tx, request)
-            else:
-                req_id, data = send_gathered(device, core, request, tx)
+            req_id, data = send_gathered(device, core, request, tx)
             if data:
                 out.append(data)
             return req_id

@@ -222,11 +222,6 @@ class Gather:
         return self._finished == len(self._requests)
 
     @property
-    def outstanding(self) -> list[Request[Any]]:
-        """The requests sent and not yet answered."""
-        return [r for _, _, r in self._waiting.values()]
-
-    @property
     def outstanding_keys(self) -> list[int]:
         """The keys (``send``'s answers) of the requests sent and not yet answered."""
         return list(self._waiting)
