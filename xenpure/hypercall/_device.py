@@ -75,9 +75,6 @@ def errno_error(err: int, op: str, detail: str = "") -> HypercallError:
     return HypercallError.from_errno(err, op, None, detail)
 
 
-_FLAT_CODES = {1: "B", 2: "H", 4: "I", 8: "Q"}
-_SIGNED_CODES = {1: "b", 2: "h", 4: "i", 8: "q"}
-
 _pack = struct.Struct.pack
 _pack_into = struct.Struct.pack_into
 
@@ -135,7 +132,7 @@ def flat_codec(decl: Decl) -> RecordCodec:
         if not isinstance(t, CType):
             raise TypeError(f"struct {decl.cname}: member {name} is not a scalar")
         fmt += "x" * (off - pos)
-        fmt += (_SIGNED_CODES if t.signed else _FLAT_CODES)[t.size]
+        fmt += t.code
         members.append((name, t))
         pos = off + t.size
     fmt += "x" * (lay.size - pos)
@@ -152,5 +149,4 @@ def member_codec(decl: Decl, name: str) -> tuple[RecordCodec, int]:
     t = lay.types[name]
     if not isinstance(t, CType):
         raise TypeError(f"struct {decl.cname}: member {name} is not a scalar")
-    code = (_SIGNED_CODES if t.signed else _FLAT_CODES)[t.size]
-    return RecordCodec("<" + code, decl.cname, [(name, t)]), lay.offsets[name]
+    return RecordCodec("<" + t.code, decl.cname, [(name, t)]), lay.offsets[name]

@@ -83,6 +83,11 @@ class CType:
         return self.cname.startswith("int")
 
     @property
+    def code(self) -> str:
+        """Its ``struct`` format letter (``"H"`` for ``uint16_t``, ``"q"`` for ``int64_t``)."""
+        return _CODES[(self.size, self.signed)]
+
+    @property
     def bounds(self) -> tuple[int, int]:
         """The smallest and largest value the type holds."""
         bits = 8 * self.size
@@ -441,7 +446,7 @@ def pack_scalars(t: CType, values: Any, record: str, field: str) -> bytes:
     that does not fit raises ``ArgumentOutOfRange`` naming ``record.field[i]``."""
     items = list(values)
     try:
-        return struct.pack(f"<{len(items)}{_CODES[(t.size, t.signed)]}", *items)
+        return struct.pack(f"<{len(items)}{t.code}", *items)
     except struct.error:
         for i, v in enumerate(items):
             err = scalar_error(record, f"{field}[{i}]", t, v)
@@ -569,7 +574,7 @@ class _Flat:
                 t, at = rec.types[name], base + off
                 parts.append("x" * (at - pos))
                 if isinstance(t, CType):
-                    parts.append(_CODES[(t.size, t.signed)])
+                    parts.append(t.code)
                     shape.append((name, None))
                     pos = at + t.size
                 elif isinstance(t, Array) and isinstance(t.of, CType):
@@ -577,7 +582,7 @@ class _Flat:
                         parts.append(f"{t.n}s")
                         shape.append((name, ("s", t.n)))
                     else:
-                        parts.append(_CODES[(t.of.size, t.of.signed)] * t.n)
+                        parts.append(t.of.code * t.n)
                         shape.append((name, ("a", t.n)))
                     pos = at + t.n * t.of.size
                 elif isinstance(t, Decl):
